@@ -1,0 +1,124 @@
+"""The embedding cache: one folder per extractor key, rows keyed by image fingerprint.
+
+Embeddings are appended as shard files, each written to a temporary name and renamed into place,
+so a reader never sees half a shard, a killed embed keeps every shard it finished (and resumes from
+there), and two processes filling the same folder at once at worst both write a row (identical,
+harmless) — never a corrupt file. The folder is handed in; the cache knows nothing of runs or stores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+import warnings
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from automl.errors import StoreError
+
+FINGERPRINT_DTYPE = "S32"  # 128-bit blake2b digests as hex
+
+
+class EmbeddingCache:
+    def __init__(self, folder: str | os.PathLike, key: dict):
+        self.folder = Path(folder)
+        self.key = key
+
+    # -- reading --------------------------------------------------------------------------------
+
+    def lookup(self, fingerprints: Iterable[str]) -> dict[str, np.ndarray]:
+        """The cached embedding of every given fingerprint that has one."""
+        wanted = {fp.encode() for fp in fingerprints}
+        found: dict[str, np.ndarray] = {}
+        for shard in self._shards():
+            try:
+                with np.load(shard, allow_pickle=False) as data:
+                    fps = data["fingerprints"]
+                    rows = [i for i, fp in enumerate(fps) if fp in wanted and fp.decode() not in found]
+                    if rows:
+                        vectors = data["embeddings"]
+                        for i in rows:
+                            found[fps[i].decode()] = vectors[i]
+            except (OSError, ValueError, KeyError) as exc:
+                # A cache is rebuildable: an unreadable shard costs a recomputation, not the run.
+                warnings.warn(f"ignoring unreadable embedding shard {shard}: {exc}", stacklevel=2)
+        return found
+
+    def __len__(self) -> int:
+        total = 0
+        for shard in self._shards():
+            with np.load(shard, allow_pickle=False) as data:
+                total += len(data["fingerprints"])
+        return total
+
+    def _shards(self) -> list[Path]:
+        if not self.folder.is_dir():
+            return []
+        return sorted(self.folder.glob("shard-*.npz"))
+
+    # -- writing --------------------------------------------------------------------------------
+
+    def add(self, fingerprints: Sequence[str], embeddings: np.ndarray) -> None:
+        """Append rows as one new shard, atomically."""
+        embeddings = np.asarray(embeddings, dtype=np.float32)
+        if embeddings.ndim != 2 or len(embeddings) != len(fingerprints):
+            raise ValueError(f"expected {len(fingerprints)} embedding rows, got shape {embeddings.shape}")
+        if not len(fingerprints):
+            return
+        self._write_meta()
+        name = f"shard-{uuid.uuid4().hex}.npz"
+        atomic_write(self.folder / name, lambda f: np.savez(
+            f, fingerprints=np.array(fingerprints, dtype=FINGERPRINT_DTYPE), embeddings=embeddings))
+
+    def _write_meta(self) -> None:
+        meta = self.folder / "key.json"
+        if meta.exists():
+            existing = json.loads(meta.read_text())
+            if existing != self.key:
+                raise StoreError(
+                    f"{self.folder} holds embeddings for {existing}, not {self.key}; the folder name "
+                    "is derived from the key, so the store was edited by hand — move that folder away."
+                )
+            remove_stale_temporaries(self.folder)
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        atomic_write(meta, lambda f: f.write(json.dumps(self.key, indent=2, sort_keys=True).encode()))
+
+
+def atomic_write(path: Path, write) -> None:
+    """Write through ``write(file)`` to a temporary sibling, then rename over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{os.getpid()}-{uuid.uuid4().hex}-{path.name}")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def remove_stale_temporaries(folder: Path) -> None:
+    """Delete temporaries left by a writer that was killed (its process no longer exists)."""
+    for tmp in folder.glob(".tmp-*"):
+        try:
+            pid = int(tmp.name.split("-")[1])
+        except (IndexError, ValueError):
+            continue
+        if not _process_alive(pid):
+            tmp.unlink(missing_ok=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

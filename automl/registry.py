@@ -1,0 +1,50 @@
+"""Components looked up by their canonical kebab-case name. Imports nothing of the project."""
+
+from __future__ import annotations
+
+from typing import Callable, Generic, Iterator, TypeVar
+
+from automl.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def canonical(name: str) -> str:
+    """``Inception_V3`` and ``inception-v3`` name the same component."""
+    return name.strip().lower().replace("_", "-")
+
+
+class Registry(Generic[T]):
+    """A name -> component table filled by a decorator; unknown names list the valid ones."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._items: dict[str, T] = {}
+
+    def register(self, name: str) -> Callable[[T], T]:
+        key = canonical(name)
+
+        def add(item: T) -> T:
+            if key in self._items:
+                raise ValueError(f"{self.kind} {key!r} is registered twice")
+            self._items[key] = item
+            return item
+
+        return add
+
+    def get(self, name: str) -> T:
+        key = canonical(name)
+        try:
+            return self._items[key]
+        except KeyError:
+            valid = ", ".join(self.names())
+            raise ConfigError(f"unknown {self.kind} {name!r}; valid names: {valid}") from None
+
+    def names(self) -> list[str]:
+        return sorted(self._items)
+
+    def __contains__(self, name: str) -> bool:
+        return canonical(name) in self._items
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())

@@ -1,0 +1,85 @@
+"""The store: one folder that holds everything automl makes, reusable across runs.
+
+Layout (created lazily; see docs/store.md)::
+
+    store/
+      store.json                  format version
+      embeddings/<extractor-key>/ key.json + shard-*.npz   (automl.cache)
+      runs/<run-id>/              recipe, split, metrics, model bundle       (automl fit)
+      optuna.db                   Optuna studies (SQLite)                     (automl fit)
+      generated/<augmenter-key>/  synthetic images + provenance               (--augment)
+      generators/<key>/           fine-tuned generators and adapters          (sd-*)
+      extractors/<name>.keras     pretrained extractors                       (automl pretrain)
+
+Root: ``--store DIR``, else ``$AUTOML_STORE``, else ``./store``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from automl.cache import EmbeddingCache, atomic_write
+from automl.errors import StoreError
+
+STORE_VERSION = 1
+DEFAULT_ROOT = "store"
+
+
+def store_root(path: str | os.PathLike | None = None) -> Path:
+    return Path(path or os.environ.get("AUTOML_STORE") or DEFAULT_ROOT).expanduser()
+
+
+class Store:
+    def __init__(self, root: str | os.PathLike | None = None):
+        self.root = store_root(root)
+        if self.root.exists() and not self.root.is_dir():
+            raise StoreError(f"store path {self.root} is a file; pass --store with a folder.")
+
+    @property
+    def embeddings_dir(self) -> Path:
+        return self.root / "embeddings"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.root / "runs"
+
+    @property
+    def generated_dir(self) -> Path:
+        return self.root / "generated"
+
+    @property
+    def generators_dir(self) -> Path:
+        return self.root / "generators"
+
+    @property
+    def extractors_dir(self) -> Path:
+        return self.root / "extractors"
+
+    @property
+    def optuna_url(self) -> str:
+        return f"sqlite:///{(self.root / 'optuna.db').resolve()}"
+
+    def embedding_cache(self, key) -> EmbeddingCache:
+        """The cache folder for an ``ExtractorKey``; the store is stamped on first write."""
+        self.ensure()
+        return EmbeddingCache(self.embeddings_dir / key.slug(), key.to_dict())
+
+    def ensure(self) -> None:
+        stamp = self.root / "store.json"
+        if stamp.exists():
+            try:
+                version = json.loads(stamp.read_text()).get("version")
+            except ValueError as exc:
+                raise StoreError(f"{stamp} is not valid JSON ({exc}); restore it or use another --store.") from exc
+            if version != STORE_VERSION:
+                raise StoreError(
+                    f"{self.root} is a store of format {version}; this automl reads format "
+                    f"{STORE_VERSION}. Use another --store folder or a matching automl version."
+                )
+            return
+        try:
+            atomic_write(stamp, lambda f: f.write(json.dumps({"version": STORE_VERSION}).encode()))
+        except OSError as exc:
+            raise StoreError(f"cannot write to store {self.root}: {exc}. Pass --store with a writable folder.") from exc

@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+sys.path.insert(0, str(ROOT))  # cli.py lives at the top level
+
+
+def write_image(path: Path, *, size=(20, 16), mode="RGB", fmt=None, seed=0, **save_kwargs) -> Path:
+    """A small random image; ``size`` is (width, height)."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if mode == "I;16":
+        im = Image.fromarray(rng.integers(0, 4096, (h, w), dtype=np.uint16))
+    elif mode in ("L", "1", "P"):
+        im = Image.fromarray(rng.integers(0, 256, (h, w), dtype=np.uint8), "L")
+        if mode != "L":
+            im = im.convert(mode)
+    else:
+        channels = len(mode)
+        im = Image.fromarray(rng.integers(0, 256, (h, w, channels), dtype=np.uint8), mode)
+    im.save(path, format=fmt, **save_kwargs)
+    return path
+
+
+def class_folders(root: Path, counts: dict[str, int], *, seed=0, size=(20, 16), suffix=".png") -> Path:
+    for ci, (name, n) in enumerate(counts.items()):
+        for i in range(n):
+            write_image(root / name / f"img_{i:03d}{suffix}", size=size, seed=seed * 1000 + ci * 100 + i)
+    return root
+
+
+@pytest.fixture
+def folder_dataset(tmp_path) -> Path:
+    return class_folders(tmp_path / "data", {"cat": 6, "dog": 5})
+
+
+@pytest.fixture
+def shared() -> Path:
+    if not SHARED.is_dir():
+        pytest.fail(f"../shared is missing beside the repository ({SHARED}); the tests read real images there")
+    return SHARED
+
+
+def run_cli(capsys, *args) -> tuple[int, str, str]:
+    """Run the CLI in-process; returns (exit code, stdout, stderr)."""
+    from cli import main
+
+    capsys.readouterr()
+    code = 0
+    try:
+        main([str(a) for a in args])
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    out, err = capsys.readouterr()
+    return code, out, err
