@@ -13,7 +13,7 @@ import os
 import uuid
 import warnings
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -23,9 +23,10 @@ FINGERPRINT_DTYPE = "S32"  # 128-bit blake2b digests as hex
 
 
 class EmbeddingCache:
-    def __init__(self, folder: str | os.PathLike, key: dict):
+    def __init__(self, folder: str | os.PathLike, key: dict, on_first_write: Callable[[], None] | None = None):
         self.folder = Path(folder)
         self.key = key
+        self._on_first_write = on_first_write
 
     # -- reading --------------------------------------------------------------------------------
 
@@ -84,6 +85,8 @@ class EmbeddingCache:
                 )
             remove_stale_temporaries(self.folder)
             return
+        if self._on_first_write is not None:
+            self._on_first_write()
         self.folder.mkdir(parents=True, exist_ok=True)
         atomic_write(meta, lambda f: f.write(json.dumps(self.key, indent=2, sort_keys=True).encode()))
 

@@ -62,11 +62,13 @@ class Store:
         return f"sqlite:///{(self.root / 'optuna.db').resolve()}"
 
     def embedding_cache(self, key) -> EmbeddingCache:
-        """The cache folder for an ``ExtractorKey``; the store is stamped on first write."""
-        self.ensure()
-        return EmbeddingCache(self.embeddings_dir / key.slug(), key.to_dict())
+        """The cache folder for an ``ExtractorKey``. Reading writes nothing; the first write stamps
+        the store with its format version."""
+        self.check()
+        return EmbeddingCache(self.embeddings_dir / key.slug(), key.to_dict(), on_first_write=self.ensure)
 
-    def ensure(self) -> None:
+    def check(self) -> None:
+        """Refuse a store written in another format; a store not yet created is fine."""
         stamp = self.root / "store.json"
         if stamp.exists():
             try:
@@ -78,6 +80,12 @@ class Store:
                     f"{self.root} is a store of format {version}; this automl reads format "
                     f"{STORE_VERSION}. Use another --store folder or a matching automl version."
                 )
+
+    def ensure(self) -> None:
+        """Create the store (stamped with its format version) if it does not exist yet."""
+        self.check()
+        stamp = self.root / "store.json"
+        if stamp.exists():
             return
         try:
             atomic_write(stamp, lambda f: f.write(json.dumps({"version": STORE_VERSION}).encode()))

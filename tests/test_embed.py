@@ -197,7 +197,7 @@ def test_cache_folder_key_mismatch_is_refused(tmp_path):
 def test_store_of_another_format_is_refused(tmp_path):
     (tmp_path / "store.json").write_text(json.dumps({"version": 99}))
     with pytest.raises(StoreError, match="format 99"):
-        Store(tmp_path).ensure()
+        Store(tmp_path).embedding_cache(KEY)
 
 
 def test_pipeline_embeds_every_split_with_a_real_extractor(tmp_path, monkeypatch):
