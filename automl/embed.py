@@ -37,8 +37,8 @@ class EmbedResult:
     images: int
     cache_hits: int
     computed: int
-    seconds: float  # wall time of the computation (model build excluded)
-    build_seconds: float = 0.0
+    seconds: float  # wall time of the computation, after the model was built and warmed up
+    build_seconds: float = 0.0  # building the model and tracing its graph (one warm-up batch)
     bad_files: list[BadFile] = field(default_factory=list)
 
     @property
@@ -80,9 +80,16 @@ def embed_items(
             found = cache.lookup(it.fingerprint for it in items)
             todo = _missing(items, found)
             hits = len(items) - sum(1 for it in items if it.fingerprint not in found)
+        batch_size = batch_size or default_batch_size(key.image_size)
         t0 = time.perf_counter()
-        computed, bad = _compute(todo, extractor, cache, found, batch_size or default_batch_size(key.image_size),
-                                 skip_bad, progress, workers, flush_every)
+        # The first call of a shape traces the graph (seconds for these models); doing it here keeps
+        # images/s the steady-state speed, which is what a user plans with.
+        first = padded_size(min(len(todo), batch_size), batch_size)
+        extractor.predict(np.zeros((first, key.image_size, key.image_size, 3), np.float32))
+        build_seconds += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        computed, bad = _compute(todo, extractor, cache, found, batch_size, skip_bad, progress, workers,
+                                 flush_every)
         seconds = time.perf_counter() - t0
     # Bad files never reach ``found`` (identical bytes fail identically), so they drop out here.
     kept = [i for i, it in enumerate(items) if it.fingerprint in found]
@@ -90,6 +97,15 @@ def embed_items(
     matrix = np.stack([found[items[i].fingerprint] for i in kept]) if kept else np.zeros((0, dim), np.float32)
     return EmbedResult(key, matrix.astype(np.float32, copy=False), kept, len(items), hits, computed, seconds,
                        build_seconds, bad)
+
+
+def padded_size(n: int, batch_size: int) -> int:
+    """The batch shape ``n`` images are run at: the next power of two, at most ``batch_size``.
+
+    Every new shape costs a graph trace, every padded row wasted compute; powers of two bound both
+    (at most log2(batch) shapes, less than 2x waste on one short final batch).
+    """
+    return min(batch_size, 1 << max(0, n - 1).bit_length())
 
 
 def _missing(items: Sequence[Item], found: dict) -> list[Item]:
@@ -141,8 +157,9 @@ def _compute(todo: list[Item], extractor: Extractor, cache: EmbeddingCache, foun
                 bad.extend(arr for arr in decoded if isinstance(arr, BadFile))
                 if ok:
                     x = extractor.preprocess(np.stack([arr for _, arr in ok]))
-                    if len(x) < batch_size:  # a fixed batch shape avoids retracing the model graph
-                        x = np.concatenate([x, np.zeros((batch_size - len(x),) + x.shape[1:], x.dtype)])
+                    shape = padded_size(len(x), batch_size)
+                    if len(x) < shape:
+                        x = np.concatenate([x, np.zeros((shape - len(x),) + x.shape[1:], x.dtype)])
                     rows = extractor.predict(x)[: len(ok)]
                     for (it, _), row in zip(ok, rows):
                         found[it.fingerprint] = row

@@ -269,6 +269,8 @@ def _dtype_policy(keras, policy: str):
 
 
 def _backend_sees_gpu(backend: str) -> bool:
+    if not nvidia_gpu_visible():
+        return False  # asking TensorFlow would only log a cuInit error on a CPU-only machine
     if backend == "tensorflow":
         import tensorflow as tf
 

@@ -77,8 +77,16 @@ def test_second_embed_builds_no_model_and_adding_images_embeds_only_those(tmp_pa
         write_image(data / "b" / f"new_{i}.png", seed=500 + i)
     grown = load_dataset(data).items
     third = _embed(grown, store, counter, batch_size=4)
-    assert (third.computed, third.cache_hits, counter["extractor"].calls) == (3, 13, 1)
+    # One warm-up call that traces the graph, one batch of the 3 new images.
+    assert (third.computed, third.cache_hits, counter["extractor"].calls) == (3, 13, 2)
     np.testing.assert_allclose(third.embeddings, expected(grown), rtol=1e-6)
+
+
+def test_padded_batch_shapes():
+    from automl.embed import padded_size
+
+    assert [padded_size(n, 16) for n in (1, 2, 3, 5, 9, 16)] == [1, 2, 4, 8, 16, 16]
+    assert padded_size(40, 64) == 64 and padded_size(17, 64) == 32
 
 
 def test_identical_images_are_embedded_once(tmp_path):
@@ -92,7 +100,8 @@ def test_ctrl_c_keeps_finished_batches(tmp_path):
     items = load_dataset(class_folders(tmp_path / "data", {"a": 6, "b": 6})).items
     store = Store(tmp_path / "s")
     with pytest.raises(KeyboardInterrupt):
-        _embed(items, store, {}, batch_size=2, flush_every=100, interrupt_after=3)
+        # Ctrl-C after the warm-up call and three batches of two.
+        _embed(items, store, {}, batch_size=2, flush_every=100, interrupt_after=4)
     resumed = _embed(items, store, {}, batch_size=2)
     assert (resumed.cache_hits, resumed.computed) == (6, 6)
     np.testing.assert_allclose(resumed.embeddings, expected(items), rtol=1e-6)
