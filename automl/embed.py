@@ -72,25 +72,30 @@ def embed_items(
     seconds = build_seconds = 0.0
     computed = 0
     if todo:
+        bar = tqdm(total=len(todo), desc=f"{key.extractor}: building model", unit="img", disable=not progress,
+                   leave=False, dynamic_ncols=True)
         t0 = time.perf_counter()
-        extractor = build()
-        build_seconds = time.perf_counter() - t0
-        if extractor.key != key:
-            key, cache = extractor.key, open_cache(extractor.key)
-            found = cache.lookup(it.fingerprint for it in items)
-            todo = _missing(items, found)
-            hits = len(items) - sum(1 for it in items if it.fingerprint not in found)
-        batch_size = batch_size or default_batch_size(key.image_size)
-        t0 = time.perf_counter()
-        # The first call of a shape traces the graph (seconds for these models); doing it here keeps
-        # images/s the steady-state speed, which is what a user plans with.
-        first = padded_size(min(len(todo), batch_size), batch_size)
-        extractor.predict(np.zeros((first, key.image_size, key.image_size, 3), np.float32))
-        build_seconds += time.perf_counter() - t0
-        t0 = time.perf_counter()
-        computed, bad = _compute(todo, extractor, cache, found, batch_size, skip_bad, progress, workers,
-                                 flush_every)
-        seconds = time.perf_counter() - t0
+        try:
+            extractor = build()
+            if extractor.key != key:
+                key, cache = extractor.key, open_cache(extractor.key)
+                found = cache.lookup(it.fingerprint for it in items)
+                todo = _missing(items, found)
+                hits = len(items) - sum(1 for it in items if it.fingerprint not in found)
+                bar.reset(total=len(todo))
+            batch_size = batch_size or default_batch_size(key.image_size)
+            # The first call of a shape traces the graph (seconds for these models); doing it here
+            # keeps images/s the steady-state speed, which is what a user plans with.
+            first = padded_size(min(len(todo), batch_size), batch_size)
+            extractor.predict(np.zeros((first, key.image_size, key.image_size, 3), np.float32))
+            build_seconds = time.perf_counter() - t0
+            bar.set_description(f"embed {key.extractor} ({key.precision}, {key.image_size} px)")
+            t0 = time.perf_counter()
+            computed, bad = _compute(todo, extractor, cache, found, batch_size, skip_bad, bar, workers,
+                                     flush_every)
+            seconds = time.perf_counter() - t0
+        finally:
+            bar.close()
     # Bad files never reach ``found`` (identical bytes fail identically), so they drop out here.
     kept = [i for i, it in enumerate(items) if it.fingerprint in found]
     dim = len(next(iter(found.values()))) if found else 0
@@ -117,7 +122,7 @@ def _missing(items: Sequence[Item], found: dict) -> list[Item]:
 
 
 def _compute(todo: list[Item], extractor: Extractor, cache: EmbeddingCache, found: dict, batch_size: int,
-             skip_bad: bool, progress: bool, workers: int, flush_every: int) -> tuple[int, list[BadFile]]:
+             skip_bad: bool, bar: tqdm, workers: int, flush_every: int) -> tuple[int, list[BadFile]]:
     size = extractor.image_size
     bad: list[BadFile] = []
     pending_fps: list[str] = []
@@ -139,8 +144,6 @@ def _compute(todo: list[Item], extractor: Extractor, cache: EmbeddingCache, foun
             return BadFile(it.path, str(exc))
 
     batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
-    bar = tqdm(total=len(todo), desc=f"embed {extractor.key.extractor}", unit="img", disable=not progress,
-               leave=False, dynamic_ncols=True)
     try:
         with ThreadPoolExecutor(max_workers=workers) as pool:
             queue: deque[tuple[list[Item], list[Future]]] = deque()
@@ -172,5 +175,4 @@ def _compute(todo: list[Item], extractor: Extractor, cache: EmbeddingCache, foun
     finally:
         # Whatever finished is kept, also when a bad file or Ctrl-C stops the run.
         flush()
-        bar.close()
     return computed, bad
