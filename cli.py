@@ -108,21 +108,196 @@ def inspect(
     typer.echo(_summary_text(summary))
 
 
+@app.command()
+def fit(
+    data: Optional[str] = typer.Argument(None, help=DATA_HELP + " Optional with --recipe."),
+    recipe: Optional[Path] = typer.Option(None, "--recipe", "-r", help="A recipe YAML; flags given override it."),
+    extractors: Optional[List[str]] = typer.Option(None, "--extractors", "-e", help="Extractors to search over (default: all)."),
+    heads: Optional[List[str]] = typer.Option(None, "--heads", help="Heads to search over (default: all)."),
+    trials: Optional[int] = typer.Option(None, help="Search budget in finished trials (default 30)."),
+    timeout: Optional[float] = typer.Option(None, help="Search budget in seconds."),
+    metric: Optional[str] = typer.Option(None, help="CV metric: macro-f1 (default), accuracy, balanced-accuracy, roc-auc."),
+    cv: Optional[int] = typer.Option(None, help="Cross-validation folds (default 5)."),
+    weights: Optional[str] = typer.Option(None, help="imagenet (default), none (random, seeded) or a weights file."),
+    image_size: Optional[int] = typer.Option(None, help="Input size in pixels (default 299)."),
+    precision: Optional[str] = typer.Option(None, help="auto (default), float32, bfloat16 or float16."),
+    batch_size: Optional[int] = typer.Option(None, help="Images per model call (default: from the image size)."),
+    seed: Optional[int] = typer.Option(None, help="Seed of the split, the search and the heads (default 0)."),
+    test_fraction: Optional[float] = typer.Option(None, help="Test share when the data has no test split (default 0.2)."),
+    store: Optional[str] = typer.Option(None, help="Store folder (default: $AUTOML_STORE or ./store)."),
+    storage: Optional[str] = typer.Option(None, help="Optuna storage URL (default: SQLite in the store)."),
+    skip_bad: Optional[bool] = typer.Option(None, "--skip-bad/--no-skip-bad", help="Leave out undecodable files."),
+    name: Optional[str] = typer.Option(None, help="A label for the run."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+) -> None:
+    """Search extractors x heads by cross-validation on the training split, evaluate the test split once, save the run."""
+    from automl.recipe import Recipe, load_recipe
+
+    flags = dict(data=data, extractors=_split_names(extractors), heads=_split_names(heads), trials=trials,
+                 timeout=timeout, metric=metric, cv=cv, weights=weights, image_size=image_size, precision=precision,
+                 batch_size=batch_size, seed=seed, test_fraction=test_fraction, store=store, storage=storage,
+                 skip_bad=skip_bad, name=name)
+    if recipe is not None:
+        resolved = load_recipe(recipe).with_overrides(**flags)
+    elif data is None:
+        raise typer.BadParameter("give DATA or --recipe FILE", param_hint="DATA")
+    else:
+        resolved = Recipe.from_flags(**flags)
+    _fit(resolved, progress)
+
+
+@app.command("run")
+def run_recipe(
+    recipe: Path = typer.Argument(..., help="A recipe YAML file."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+) -> None:
+    """Run a recipe: the same as `automl fit --recipe FILE`."""
+    from automl.recipe import load_recipe
+
+    _fit(load_recipe(recipe), progress)
+
+
+@app.command()
+def validate(recipe: Path = typer.Argument(..., help="A recipe YAML file.")) -> None:
+    """Check a recipe and explain every problem; exits non-zero if there is one."""
+    from automl.recipe import RecipeError, load_recipe
+
+    try:
+        resolved = load_recipe(recipe)
+    except RecipeError as exc:
+        typer.echo(f"{recipe}: {len(exc.problems)} problem(s)", err=True)
+        for line in exc.problems:
+            typer.echo(f"  {line}", err=True)
+        raise typer.Exit(2)
+    typer.echo(f"{recipe}: valid ({', '.join(resolved.extractors)} x {', '.join(resolved.heads)}; "
+               f"data {resolved.data})")
+
+
+@app.command()
+def predict(
+    run: str = typer.Argument(..., help="Run id (or a unique prefix, or its folder)."),
+    images: List[Path] = typer.Argument(..., help="Image files and/or folders (searched recursively)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object per line."),
+    store: Optional[Path] = typer.Option(None, help="Store folder (default: $AUTOML_STORE or ./store).",
+                                         envvar="AUTOML_STORE"),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Leave out undecodable files and list them."),
+    batch_size: Optional[int] = typer.Option(None, help="Images per model call."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+) -> None:
+    """Class and probabilities for each image, with a saved run's extractor and head."""
+    from automl.pipeline import predict as run_predict
+    from automl.report import table
+    from automl.store import Store
+
+    rows, bad = run_predict(run, [str(p) for p in images], Store(store), skip_bad=skip_bad, batch_size=batch_size,
+                            progress=progress)
+    if as_json:
+        for row in rows:
+            typer.echo(json.dumps(row))
+    else:
+        classes = list(rows[0]["probabilities"]) if rows else []
+        typer.echo(table(["image", "class"] + [f"p({c})" for c in classes],
+                         [[r["path"], r["class"]] + [round(v, 4) for v in r["probabilities"].values()] for r in rows]))
+    for b in bad:
+        typer.echo(f"skipped {b.path}: {b.reason}", err=True)
+
+
+@app.command()
+def runs(store: Optional[Path] = typer.Option(None, help="Store folder.", envvar="AUTOML_STORE")) -> None:
+    """List the runs in the store, oldest first."""
+    from automl.report import table
+    from automl.runs import list_runs
+    from automl.store import Store
+
+    records = list_runs(Store(store).runs_dir)
+    if not records:
+        typer.echo(f"no runs in {Store(store).runs_dir}")
+        return
+    typer.echo(table(["run", "name", "data", "best pipeline", "cv", "test acc", "test F1", "test AUROC"], [
+        [r["id"], r.get("name") or "", _short_path(r["data"]), f"{r['best']['extractor']} + {r['best']['head']}",
+         round(r["best"]["cv_score"], 4), round(r["test"]["accuracy"], 4), round(r["test"]["f1_macro"], 4),
+         None if r["test"]["auroc"] is None else round(r["test"]["auroc"], 4)] for r in records]))
+
+
+@app.command()
+def show(
+    run: str = typer.Argument(..., help="Run id (or a unique prefix, or its folder)."),
+    store: Optional[Path] = typer.Option(None, help="Store folder.", envvar="AUTOML_STORE"),
+) -> None:
+    """Everything about one run: data, split, search, best pipeline, test metrics."""
+    from automl.runs import find_run
+    from automl.store import Store
+
+    folder = find_run(Store(store).runs_dir, run)
+    record = json.loads((folder / "run.json").read_text())
+    report = json.loads((folder / "metrics.json").read_text())
+    board = json.loads((folder / "leaderboard.json").read_text())
+    typer.echo(_run_text(record, report, board, folder))
+
+
+def _fit(recipe, progress: bool) -> None:
+    from automl.pipeline import fit as run_fit
+    from automl.report import table
+
+    result = run_fit(recipe, progress=progress)
+    for note in result.notes:
+        typer.echo(f"warning: {note}", err=True)
+    rows = [(r.key.extractor, r.images, r.cache_hits, r.computed, r.images_per_s) for r in result.embeddings]
+    typer.echo("embeddings (the last row: the test split, with the chosen extractor only)")
+    typer.echo(table(["extractor", "images", "cache hits", "computed", "images/s"], rows))
+    typer.echo("")
+    report = json.loads((result.run_dir / "metrics.json").read_text())
+    typer.echo(_run_text(result.record, report, result.leaderboard, result.run_dir))
+
+
+def _run_text(record: dict, report: dict, board: list[dict], folder: Path) -> str:
+    from automl.evaluate import HEADLINE
+    from automl.report import table
+
+    metric = record["metric"]
+    trials = ", ".join(f"{n} {state}" for state, n in sorted(record["trials"].items()))
+    lines = [
+        f"run {record['id']}" + (f" ({record['name']})" if record.get("name") else "") + f"  {folder}",
+        f"data   {record['data']} ({record['layout']}); classes {', '.join(record['classes'])}",
+        f"split  {record['split']}; " + ", ".join(f"{s} {sum(c.values())}" for s, c in record["counts"].items()),
+        f"search {trials}; {record['cv']}-fold CV {metric} on the training split; study {record['study']['name']}",
+        "",
+        table(["rank", f"cv {metric}", "pipeline", "reference"],
+              [[r["rank"], round(r["cv"], 4), r["pipeline"], r["reference"] or ""] for r in board]),
+        "",
+        f"best: {record['best']['pipeline']}",
+        f"test split ({report['n']} images, evaluated once):",
+        table(["metric", "value"], [[label, None if report[key] is None else round(report[key], 4)]
+                                    for label, key in HEADLINE]),
+        "",
+        table(["class", "precision", "recall", "F1", "support"],
+              [[c, round(v["precision"], 4), round(v["recall"], 4), round(v["f1"], 4), v["support"]]
+               for c, v in report["per_class"].items()]),
+        "confusion matrix (rows: true, columns: predicted): " + json.dumps(report["confusion_matrix"]),
+    ]
+    return "\n".join(lines)
+
+
+def _short_path(path: str, width: int = 40) -> str:
+    return path if len(path) <= width else "..." + path[-(width - 3):]
+
+
 @app.command("demo-data")
 def demo_data(
     folder: Path = typer.Argument(..., help="Where to write the dataset (created; must not hold one already)."),
-    per_class: int = typer.Option(60, min=4, help="Images per class (a quarter go to test/)."),
-    size: int = typer.Option(64, min=16, help="Image side in pixels."),
+    per_class: int = typer.Option(40, min=4, max=170, help="Images per class (a quarter go to test/)."),
+    classes: int = typer.Option(10, min=2, max=10, help="How many digit classes (0, 1, ...)."),
+    size: int = typer.Option(32, min=8, help="Image side in pixels (the scans are 8x8)."),
     seed: int = typer.Option(0, help="Seed: the same seed writes the same images."),
 ) -> None:
-    """Write a small synthetic two-class dataset (train/ and test/ folders) for an offline demo."""
+    """Write an offline demo dataset: scikit-learn's bundled handwritten digits as train/ and test/ folders."""
     from automl.demo import make_demo_dataset
     from automl.errors import DataError
 
     if folder.exists() and any(folder.iterdir()):
         raise DataError(f"{folder} is not empty; pass a new folder for the demo dataset.")
-    make_demo_dataset(folder, per_class=per_class, size=size, seed=seed)
-    typer.echo(f"wrote {2 * per_class} images to {folder}/train and {folder}/test")
+    make_demo_dataset(folder, per_class=per_class, size=size, classes=classes, seed=seed)
+    typer.echo(f"wrote {classes * per_class} digit images ({classes} classes) to {folder}/train and {folder}/test")
 
 
 def _summary(ds) -> dict:

@@ -323,12 +323,7 @@ def _load_folders(root: Path, split_dirs: dict[str, Path], layout: str, skip_bad
         fp, info = result
         items.append(Item(str(path), label, split, fp, info.width, info.height, info.mode))
     if bad and not skip_bad:
-        shown = "\n".join(f"  {b.path}: {b.reason}" for b in bad[:10])
-        more = f"\n  ... and {len(bad) - 10} more" if len(bad) > 10 else ""
-        raise DataError(
-            f"{len(bad)} file(s) are not decodable images:\n{shown}{more}\nRemove or replace them, or "
-            "pass --skip-bad to leave them out (they are listed)."
-        )
+        raise _bad_files_error(bad)
     dataset = Dataset(str(root), layout, classes, items, bad, sorted(ignored))
     _check_classes_nonempty(dataset, split_dirs)
     return dataset
@@ -443,3 +438,38 @@ def _array_mode(arr: np.ndarray) -> str:
     channels = 1 if arr.ndim == 3 else arr.shape[3]
     base = {1: "L", 3: "RGB", 4: "RGBA"}[channels]
     return base if arr.dtype == np.uint8 else f"{base};{arr.dtype}"
+
+
+def load_images(paths: list[str | os.PathLike], *, skip_bad: bool = False) -> tuple[list[Item], list[BadFile]]:
+    """Unlabelled images to predict: files, and folders searched recursively for images."""
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found, _ = _image_files(p)
+            if not found:
+                raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {p}.")
+            files.extend(found)
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise DataError(f"image not found: {p}.")
+    items, bad = [], []
+    for path in files:
+        result = _read_file(path)
+        if isinstance(result, BadFile):
+            bad.append(result)
+            continue
+        fp, info = result
+        items.append(Item(str(path), -1, "predict", fp, info.width, info.height, info.mode))
+    if bad and not skip_bad:
+        raise _bad_files_error(bad)
+    return items, bad
+
+
+def _bad_files_error(bad: list[BadFile]) -> DataError:
+    shown = "\n".join(f"  {b.path}: {b.reason}" for b in bad[:10])
+    more = f"\n  ... and {len(bad) - 10} more" if len(bad) > 10 else ""
+    return DataError(
+        f"{len(bad)} file(s) are not decodable images:\n{shown}{more}\nRemove or replace them, or "
+        "pass --skip-bad to leave them out (they are listed)."
+    )

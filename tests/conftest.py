@@ -45,7 +45,7 @@ def folder_dataset(tmp_path) -> Path:
     return class_folders(tmp_path / "data", {"cat": 6, "dog": 5})
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def shared() -> Path:
     if not SHARED.is_dir():
         pytest.fail(f"../shared is missing beside the repository ({SHARED}); the tests read real images there")

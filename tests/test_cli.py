@@ -121,8 +121,8 @@ def test_skip_bad_lists_the_files(capsys, tmp_path):
 
 def test_demo_data_then_embed(capsys, tmp_path):
     demo = tmp_path / "demo"
-    code, out, _ = run_cli(capsys, "demo-data", demo, "--per-class", "8", "--size", "32")
-    assert code == 0 and "wrote 16 images" in out
+    code, out, _ = run_cli(capsys, "demo-data", demo, "--per-class", "8", "--classes", "2")
+    assert code == 0 and "wrote 16 digit images (2 classes)" in out
     code, _, err = run_cli(capsys, "demo-data", demo)
     assert code == 2 and "not empty" in err
     code, out, err = run_cli(capsys, "embed", demo, "-e", "xception", "--weights", "none", "--image-size", "71",

@@ -1,0 +1,212 @@
+"""The Optuna search over extractor x head x hyperparameters, by cross-validation on training data.
+
+Sees arrays and group ids only — never images, the store, or the test split. One study per fit
+configuration, kept in persistent storage: an interrupted search resumes, a finished one can be
+inspected with Optuna's own tools.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from automl.evaluate import full_proba, score
+
+# The published study's fixed setups, enqueued so the user sees what the search adds to them.
+REFERENCE_SETUPS = (
+    ("inception-resnet-v2", "ffnn", "study setup: Chongqing (InceptionResNetV2 + ffnn)"),
+    ("xception", "svc-rbf", "study setup: brain MRI (Xception + svc-rbf)"),
+    ("inception-v3", "logreg-elasticnet", "study setup: retinopathy (InceptionV3 + logreg-elasticnet)"),
+)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One point of the search: what a trial chose."""
+
+    extractor: str
+    head: str
+    params: dict
+
+    def build(self, seed: int):
+        from automl.heads import HEADS
+
+        return HEADS.get(self.head)(random_state=seed, **self.params)
+
+    def describe(self) -> str:
+        shown = ", ".join(f"{k}={_short(v)}" for k, v in sorted(self.params.items()))
+        return f"{self.extractor} + {self.head}" + (f" ({shown})" if shown else "")
+
+
+def _short(v) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def cv_splits(y: np.ndarray, cv: int, seed: int, groups: np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Stratified folds, fixed once per search so every trial is scored on the same folds.
+    With ``groups``, images of one group never straddle a fold boundary."""
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+    counts = np.bincount(y)
+    if counts[counts > 0].min() < cv:
+        from automl.errors import DataError
+
+        raise DataError(
+            f"{cv}-fold cross-validation needs at least {cv} training images per class; the smallest class "
+            f"has {counts[counts > 0].min()}. Lower --cv or add images."
+        )
+    if groups is None:
+        splitter = StratifiedKFold(n_splits=cv, shuffle=True, random_state=seed)
+        return list(splitter.split(np.zeros(len(y)), y))
+    splitter = StratifiedGroupKFold(n_splits=cv, shuffle=True, random_state=seed)
+    return list(splitter.split(np.zeros(len(y)), y, groups))
+
+
+def study_name(fingerprint: str, extractors: Sequence[str], heads: Sequence[str], metric: str, cv: int,
+               seed: int) -> str:
+    """Same data and configuration -> same study, so a rerun resumes it; anything else -> a new one."""
+    config = json.dumps([fingerprint, list(extractors), list(heads), metric, cv, seed])
+    return "automl-" + hashlib.blake2b(config.encode(), digest_size=8).hexdigest()
+
+
+def run_search(
+    features: Mapping[str, np.ndarray],
+    y: np.ndarray,
+    *,
+    heads: Sequence[str],
+    metric: str,
+    cv: int,
+    seed: int,
+    storage: str,
+    name: str,
+    n_trials: int | None,
+    timeout: float | None,
+    groups: np.ndarray | None = None,
+    progress: bool = True,
+):
+    """Run (or resume) the study; returns it. ``features`` maps extractor key -> (n, dim) rows
+    aligned with ``y``; ``n_trials`` counts finished trials, earlier runs of this study included."""
+    import optuna
+
+    from automl.heads import HEADS
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    extractors = list(features)
+    heads = list(heads)
+    folds = cv_splits(y, cv, seed, groups)
+    with warnings.catch_warnings():
+        # multivariate/group TPE is marked experimental, and is what a conditional space (each
+        # head has its own parameters) needs to model parameters jointly.
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)
+    study = optuna.create_study(
+        storage=storage, study_name=name, load_if_exists=True, direction="maximize", sampler=sampler,
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1),
+    )
+    for extractor, head, label in REFERENCE_SETUPS:
+        if extractor in extractors and head in heads:
+            params = {"extractor": extractor, "head": head, **HEADS.get(head).defaults_for_trial()}
+            study.enqueue_trial(params, user_attrs={"reference": label}, skip_if_exists=True)
+
+    def objective(trial) -> float:
+        candidate = suggest(trial, extractors, heads)
+        X = features[candidate.extractor]
+        scores = []
+        for step, (tr, va) in enumerate(folds):
+            model = candidate.build(seed)
+            model.fit(X[tr], y[tr])
+            scores.append(score(metric, y[va], full_proba(model, X[va], int(y.max()) + 1)))
+            trial.report(float(np.nanmean(scores)), step)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+        trial.set_user_attr("fold_scores", scores)
+        value = float(np.nanmean(scores))
+        if math.isnan(value):
+            raise ValueError(f"{metric} is undefined on every fold (a class missing from each validation fold)")
+        return value
+
+    done = _finished(study)
+    remaining = None if n_trials is None else max(0, n_trials - done)
+    if remaining == 0:
+        return study
+    bar = tqdm(total=remaining, desc="search", unit="trial", disable=not progress, dynamic_ncols=True)
+    start = time.monotonic()
+
+    def report(study, trial):
+        bar.update(1)
+        best = _best_or_none(study)
+        if best is not None:
+            bar.set_postfix_str(f"best {metric} {best.value:.4f}: {describe_trial(best)}"[:90])
+
+    try:
+        with warnings.catch_warnings():
+            # Non-converged saga/SVC fits are normal inside a search; the refit reports its own.
+            from sklearn.exceptions import ConvergenceWarning
+
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            study.optimize(objective, n_trials=remaining,
+                           timeout=None if timeout is None else max(1.0, timeout - (time.monotonic() - start)),
+                           callbacks=[report], catch=(ValueError, np.linalg.LinAlgError))
+    finally:
+        bar.close()
+    return study
+
+
+def suggest(trial, extractors: Sequence[str], heads: Sequence[str]) -> Candidate:
+    from automl.heads import HEADS
+
+    extractor = trial.suggest_categorical("extractor", list(extractors))
+    head = trial.suggest_categorical("head", list(heads))
+    return Candidate(extractor, head, HEADS.get(head).search_space(trial))
+
+
+def candidate_of(trial) -> Candidate:
+    """Rebuild a finished trial's choice from its stored params."""
+    from automl.heads import HEADS
+
+    import optuna
+
+    params = dict(trial.params)
+    fixed = optuna.trial.FixedTrial(params)
+    return Candidate(params["extractor"], params["head"], HEADS.get(params["head"]).search_space(fixed))
+
+
+def describe_trial(trial) -> str:
+    return candidate_of(trial).describe()
+
+
+def _finished(study) -> int:
+    import optuna
+
+    return sum(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+               for t in study.get_trials(deepcopy=False))
+
+
+def _best_or_none(study):
+    try:
+        return study.best_trial
+    except ValueError:
+        return None
+
+
+def leaderboard(study, top: int = 10) -> list[dict]:
+    """Completed trials, best first, plus every reference trial wherever it ranks."""
+    import optuna
+
+    done = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+    done.sort(key=lambda t: t.value, reverse=True)
+    rows = []
+    for rank, t in enumerate(done, 1):
+        ref = t.user_attrs.get("reference")
+        if rank <= top or ref:
+            rows.append({"rank": rank, "trial": t.number, "cv": t.value, "pipeline": describe_trial(t),
+                         "reference": ref, "fold_scores": t.user_attrs.get("fold_scores")})
+    return rows
