@@ -1,11 +1,13 @@
-"""Scores: the search's CV metric and the held-out test report. Sees arrays only."""
+"""Scores: the search's CV metric and the held-out test report. Sees arrays only.
+
+scikit-learn is imported inside the functions: recipes import ``METRICS`` from here and must stay light.
+"""
 
 from __future__ import annotations
 
 import warnings
 
 import numpy as np
-from sklearn import metrics as skm
 
 from automl.errors import ConfigError
 from automl.registry import canonical
@@ -23,6 +25,8 @@ def check_metric(metric: str) -> str:
 def auroc(y_true: np.ndarray, proba: np.ndarray) -> float:
     """Binary: of the second class's probability; multi-class: one-vs-rest, macro-averaged.
     NaN when a class is absent from ``y_true`` (the score is undefined, not zero)."""
+    from sklearn import metrics as skm
+
     n_classes = proba.shape[1]
     if len(np.unique(y_true)) < n_classes:
         return float("nan")
@@ -33,6 +37,8 @@ def auroc(y_true: np.ndarray, proba: np.ndarray) -> float:
 
 def score(metric: str, y_true: np.ndarray, proba: np.ndarray) -> float:
     """The search objective (higher is better); ``proba`` columns are class indices 0..K-1."""
+    from sklearn import metrics as skm
+
     pred = proba.argmax(axis=1)
     if metric == "accuracy":
         return float(skm.accuracy_score(y_true, pred))
@@ -60,6 +66,8 @@ def full_proba(model, X: np.ndarray, n_classes: int) -> np.ndarray:
 
 def evaluation_report(y_true: np.ndarray, proba: np.ndarray, classes: list[str]) -> dict:
     """Everything the run records about its one evaluation on the test split."""
+    from sklearn import metrics as skm
+
     labels = np.arange(len(classes))
     pred = proba.argmax(axis=1)
     precision, recall, f1, support = skm.precision_recall_fscore_support(

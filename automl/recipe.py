@@ -20,7 +20,6 @@ recipe is validated, not when this module is.
 from __future__ import annotations
 
 import difflib
-import importlib
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
@@ -31,14 +30,12 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fi
 from pydantic_core import PydanticCustomError
 
 from automl.errors import ConfigError
+from automl.evaluate import METRICS
 from automl.registry import canonical
 
 # The published study's three backbones, in its order (also the order runs report them in).
 DEFAULT_EXTRACTORS = ("inception-resnet-v2", "xception", "inception-v3")
 DEFAULT_HEADS = ("ffnn", "svc-rbf", "logreg-elasticnet")
-# Used until automl.heads (and its HEADS registry) exists.
-FALLBACK_HEADS = DEFAULT_HEADS
-METRICS = ("macro-f1", "accuracy", "balanced-accuracy", "roc-auc")
 WEIGHTS_KEYWORDS = ("imagenet", "none")
 DEFAULT_IMAGE_SIZE = 299  # == automl.extract.DEFAULT_IMAGE_SIZE (a test keeps them equal)
 MIN_IMAGE_SIZE = 71  # the smallest any Keras backbone accepts (Xception); others check their own
@@ -54,15 +51,9 @@ def extractor_names() -> list[str]:
 
 
 def head_names() -> list[str]:
-    """The HEADS registry's names once ``automl.heads`` provides one, else the three the study used."""
-    try:
-        heads = importlib.import_module("automl.heads")
-    except ModuleNotFoundError as exc:
-        if exc.name not in ("automl.heads",):
-            raise  # automl.heads exists but needs something missing: say so, don't hide it
-        return sorted(FALLBACK_HEADS)
-    registry = getattr(heads, "HEADS", None)  # None while automl.heads is still being written
-    return registry.names() if registry is not None else sorted(FALLBACK_HEADS)
+    from automl.heads import HEADS
+
+    return HEADS.names()
 
 
 def precision_names() -> list[str]:

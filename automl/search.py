@@ -91,9 +91,11 @@ def run_search(
     timeout: float | None,
     groups: np.ndarray | None = None,
     progress: bool = True,
+    cv_seed: int | None = None,
 ):
-    """Run (or resume) the study; returns it. ``features`` maps extractor key -> (n, dim) rows
-    aligned with ``y``; ``n_trials`` counts finished trials, earlier runs of this study included."""
+    """Run (or resume) the study; returns it. ``features`` maps extractor name -> (n, dim) rows
+    aligned with ``y``; ``n_trials`` counts finished trials, earlier runs of this study included.
+    ``seed`` seeds the sampler and the heads, ``cv_seed`` (default: ``seed``) the fold split."""
     import optuna
 
     from automl.heads import HEADS
@@ -101,7 +103,7 @@ def run_search(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     extractors = list(features)
     heads = list(heads)
-    folds = cv_splits(y, cv, seed, groups)
+    folds = cv_splits(y, cv, seed if cv_seed is None else cv_seed, groups)
     with warnings.catch_warnings():
         # multivariate/group TPE is marked experimental, and is what a conditional space (each
         # head has its own parameters) needs to model parameters jointly.
