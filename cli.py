@@ -248,6 +248,8 @@ def _fit(recipe, progress: bool) -> None:
     typer.echo("")
     report = json.loads((result.run_dir / "metrics.json").read_text())
     typer.echo(_run_text(result.record, report, result.leaderboard, result.run_dir))
+    typer.echo(f"\nsaved run {result.run_id}: `automl show {result.run_id}`, "
+               f"`automl predict {result.run_id} IMAGES...`")
 
 
 def _run_text(record: dict, report: dict, board: list[dict], folder: Path) -> str:

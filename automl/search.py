@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import time
 import warnings
 from dataclasses import dataclass
 from typing import Mapping, Sequence
@@ -140,7 +139,6 @@ def run_search(
     if remaining == 0:
         return study
     bar = tqdm(total=remaining, desc="search", unit="trial", disable=not progress, dynamic_ncols=True)
-    start = time.monotonic()
 
     def report(study, trial):
         bar.update(1)
@@ -154,9 +152,10 @@ def run_search(
             from sklearn.exceptions import ConvergenceWarning
 
             warnings.simplefilter("ignore", ConvergenceWarning)
-            study.optimize(objective, n_trials=remaining,
-                           timeout=None if timeout is None else max(1.0, timeout - (time.monotonic() - start)),
-                           callbacks=[report], catch=(ValueError, np.linalg.LinAlgError))
+            # A trial whose fit fails (say, a learning rate that diverges) is recorded as failed with
+            # its error, and the search goes on; the run record counts failed trials.
+            study.optimize(objective, n_trials=remaining, timeout=timeout, callbacks=[report],
+                           catch=(ValueError, np.linalg.LinAlgError))
     finally:
         bar.close()
     return study
