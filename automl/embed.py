@@ -83,13 +83,14 @@ def embed_items(
                 todo = _missing(items, found)
                 hits = len(items) - sum(1 for it in items if it.fingerprint not in found)
                 bar.reset(total=len(todo))
-            batch_size = batch_size or default_batch_size(key.image_size)
+            size = extractor.image_size
+            batch_size = batch_size or default_batch_size(size)
             # The first call of a shape traces the graph (seconds for these models); doing it here
             # keeps images/s the steady-state speed, which is what a user plans with.
             first = padded_size(min(len(todo), batch_size), batch_size)
-            extractor.predict(np.zeros((first, key.image_size, key.image_size, 3), np.float32))
+            extractor.predict(extractor.preprocess(np.zeros((first, size, size, 3), np.uint8)))
             build_seconds = time.perf_counter() - t0
-            bar.set_description(f"embed {key.extractor} ({key.precision}, {key.image_size} px)")
+            bar.set_description(f"embed {key.extractor} ({key.precision}, {size} px)")
             t0 = time.perf_counter()
             computed, bad = _compute(todo, extractor, cache, found, batch_size, skip_bad, bar, workers,
                                      flush_every)

@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from importlib import metadata
@@ -28,6 +29,7 @@ import numpy as np
 
 from automl._imports import require
 from automl.errors import ConfigError, WeightsUnavailableError
+from automl.file_extractors import content_digest, file_path, is_file_extractor, load_file_model, model_kind
 from automl.images import DECODE_VERSION
 from automl.registry import Registry
 
@@ -78,7 +80,9 @@ class ExtractorKey:
         """A folder name: readable, and unique through a hash of the whole key."""
         digest = hashlib.blake2b(json.dumps(asdict(self), sort_keys=True).encode(), digest_size=6)
         kind = self.weights.split(":", 1)[0]
-        return f"{self.extractor}-{self.image_size}px-{self.precision}-{kind}-{digest.hexdigest()}"
+        size = f"{self.image_size}px" if self.image_size else "native"
+        name = re.sub(r"[^A-Za-z0-9._-]+", "-", self.extractor)
+        return f"{name}-{size}-{self.precision}-{kind}-{digest.hexdigest()}"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -165,7 +169,15 @@ def file_digest(path: Path) -> str:
 def extractor_key(name: str, *, weights: str | os.PathLike | None = "imagenet",
                   image_size: int = DEFAULT_IMAGE_SIZE, precision: str = "auto", seed: int = 0,
                   backend: str | None = None, gpu: bool | None = None) -> ExtractorKey:
-    """The cache identity of an extractor, worked out without importing Keras or TensorFlow."""
+    """The cache identity of an extractor, worked out without importing Keras or TensorFlow.
+
+    ``name`` is a registered extractor or ``file:PATH`` (a user's model file, whose identity is its
+    content hash; ``weights``, ``image_size`` and ``precision`` do not apply to it)."""
+    if is_file_extractor(name):
+        path = file_path(name)
+        kind = model_kind(path)
+        return ExtractorKey(f"file:{path.name}", f"file:{content_digest(path)}", 0, "native",
+                            "tflite" if kind == "tflite" else (backend or keras_backend()))
     backbone = EXTRACTORS.get(name)
     check_image_size(backbone, image_size)
     backend = backend or keras_backend()
@@ -178,6 +190,13 @@ def extractor_key(name: str, *, weights: str | os.PathLike | None = "imagenet",
         ident = f"file:{file_digest(w)}"
     return ExtractorKey(backbone.name, ident, int(image_size), resolve_precision(precision, backend, gpu),
                         backend)
+
+
+def canonical_extractor(name: str) -> str:
+    """A registered name in canonical form, or ``file:`` with the model's absolute path."""
+    if is_file_extractor(name):
+        return f"file:{file_path(name)}"
+    return EXTRACTORS.get(name).name
 
 
 def check_image_size(backbone: Backbone, image_size: int) -> None:
@@ -197,16 +216,14 @@ class Extractor:
     ``calls`` counts model invocations, so callers (and tests) can tell cached work from new work.
     """
 
-    def __init__(self, key: ExtractorKey, dim: int, model, preprocess: Callable[[np.ndarray], np.ndarray]):
+    def __init__(self, key: ExtractorKey, dim: int, model, preprocess: Callable[[np.ndarray], np.ndarray],
+                 image_size: int | None = None):
         self.key = key
         self.dim = dim
         self.model = model
         self._preprocess = preprocess
+        self.image_size = image_size or key.image_size  # a model file's own input size
         self.calls = 0
-
-    @property
-    def image_size(self) -> int:
-        return self.key.image_size
 
     def preprocess(self, images: np.ndarray) -> np.ndarray:
         """uint8 (n, s, s, 3) -> the model's float input; thread-safe, run in the decode workers."""
@@ -235,6 +252,11 @@ def build_extractor(name: str, *, weights: str | os.PathLike | None = "imagenet"
     Raises WeightsUnavailableError, naming the file Keras looks for and where, when ImageNet weights
     are neither cached nor downloadable; never falls back to other weights.
     """
+    if is_file_extractor(name):
+        model = load_file_model(file_path(name))
+        key = extractor_key(name)
+        # Pixels go in as they are (uint8 values as float); the file model applies its own mapping.
+        return Extractor(key, model.dim, _OnBatch(model.predict), lambda x: x, image_size=model.size)
     backbone = EXTRACTORS.get(name)
     keras = import_keras()
     backend = keras.config.backend()
@@ -256,6 +278,13 @@ def build_extractor(name: str, *, weights: str | os.PathLike | None = "imagenet"
                 _load_weights_file(model, backbone, w)
     model.trainable = False
     return Extractor(key, backbone.dim, model, module.preprocess_input)
+
+
+class _OnBatch:
+    """Gives a plain predict function the ``predict_on_batch`` a Keras model has."""
+
+    def __init__(self, predict: Callable[[np.ndarray], np.ndarray]):
+        self.predict_on_batch = predict
 
 
 @contextlib.contextmanager

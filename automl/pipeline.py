@@ -24,7 +24,7 @@ from automl import __version__
 from automl.data import Dataset
 from automl.embed import EmbedResult, embed_items
 from automl.errors import AutomlError
-from automl.extract import DEFAULT_IMAGE_SIZE, EXTRACTORS, build_extractor, extractor_key
+from automl.extract import DEFAULT_IMAGE_SIZE, EXTRACTORS, build_extractor, canonical_extractor, extractor_key
 from automl.registry import canonical
 from automl.store import Store
 
@@ -43,7 +43,7 @@ def embed_dataset(
     progress: bool = True,
 ) -> list[EmbedResult]:
     """Embed every image of every split with each extractor, reusing the store's cache."""
-    names = [EXTRACTORS.get(n).name for n in (extractors or EXTRACTORS.names())]
+    names = [canonical_extractor(n) for n in (extractors or EXTRACTORS.names())]
     # Resolve every name and option before any work, so a typo fails fast and writes nothing.
     keys = [extractor_key(n, weights=weights, image_size=image_size, precision=precision, seed=seed)
             for n in names]
@@ -91,14 +91,14 @@ def fit(recipe, *, progress: bool = True) -> FitResult:
                          test_fraction=recipe.test_fraction, seed=recipe.seed)
     notes = dataset_notes(dataset)
     store = Store(recipe.store)
-    names = [EXTRACTORS.get(n).name for n in recipe.extractors]
+    names = [canonical_extractor(n) for n in recipe.extractors]
     opts = dict(weights=recipe.weights, image_size=recipe.image_size, precision=recipe.precision, seed=recipe.seed)
     keys = {n: extractor_key(n, **opts) for n in names}
 
     # The training split (val folded in: cross-validation replaces it) is all the search sees.
     train = [it for it in dataset.items if it.split != "test"]
     test = dataset.split("test")
-    embedded = {n: _embed(train, keys[n], store, opts, recipe, progress) for n in names}
+    embedded = {n: _embed(train, n, keys[n], store, opts, recipe, progress) for n in names}
     kept = sorted(set.intersection(*(set(r.kept) for r in embedded.values())))
     features = {n: _rows(r, kept) for n, r in embedded.items()}
     y = np.array([train[i].label for i in kept])
@@ -118,7 +118,7 @@ def fit(recipe, *, progress: bool = True) -> FitResult:
               if issubclass(w.category, (UserWarning, RuntimeWarning))]
 
     # The one look at the test split: embedded with the chosen extractor only, scored once.
-    test_result = _embed(test, keys[candidate.extractor], store, opts, recipe, progress)
+    test_result = _embed(test, candidate.extractor, keys[candidate.extractor], store, opts, recipe, progress)
     test_items = [test[i] for i in test_result.kept]
     y_test = np.array([it.label for it in test_items])
     proba = full_proba(head, test_result.embeddings, len(dataset.classes))
@@ -149,7 +149,7 @@ def fit(recipe, *, progress: bool = True) -> FitResult:
         "versions": library_versions(),
     }
     bundle = ModelBundle(keys[candidate.extractor].to_dict(), _weights_arg(recipe.weights), recipe.seed,
-                         candidate.head, head, dataset.classes, __version__)
+                         candidate.head, head, dataset.classes, __version__, source=candidate.extractor)
     from automl.recipe import recipe_to_yaml
 
     run_dir = write_run(store.runs_dir, run_id, {
@@ -164,8 +164,7 @@ def fit(recipe, *, progress: bool = True) -> FitResult:
     return FitResult(run_id, run_dir, record, board, list(embedded.values()) + [test_result], notes)
 
 
-def _embed(items, key, store: Store, opts: dict, recipe, progress: bool) -> EmbedResult:
-    name = key.extractor
+def _embed(items, name: str, key, store: Store, opts: dict, recipe, progress: bool) -> EmbedResult:
     return embed_items(items, key, store.embedding_cache,
                        lambda: build_extractor(name, **opts), batch_size=recipe.batch_size,
                        skip_bad=recipe.skip_bad, progress=progress)
@@ -273,8 +272,9 @@ def predict(run_ref: str, paths: list[str], store: Store, *, skip_bad: bool = Fa
     key = bundle.extractor_key()
     items, bad = load_images(paths, skip_bad=skip_bad)
     weights = None if bundle.weights == "none" else bundle.weights
+    source = bundle.source or key.extractor
     result = embed_items(items, key, store.embedding_cache,
-                         lambda: build_extractor(key.extractor, weights=weights, image_size=key.image_size,
+                         lambda: build_extractor(source, weights=weights, image_size=key.image_size,
                                                  precision=key.precision, seed=bundle.seed),
                          batch_size=batch_size, skip_bad=skip_bad, progress=progress)
     proba = full_proba(bundle.head, result.embeddings, len(bundle.classes)) if result.kept else np.zeros((0, 0))

@@ -109,7 +109,16 @@ def _canonical_metric(value: Any) -> Any:
     return key
 
 
-ExtractorName = Annotated[str, _named("extractor", extractor_names)]
+def _extractor_name(name: str) -> str:
+    # file:PATH names a user's model file; its path is resolved (against the recipe's folder) below.
+    if name.startswith("file:"):
+        if not name[len("file:"):].strip():
+            raise PydanticCustomError("empty_path", "file: needs a model path, e.g. file:models/mine.tflite", {})
+        return name
+    return _named("extractor", extractor_names).func(name)
+
+
+ExtractorName = Annotated[str, AfterValidator(_extractor_name)]
 HeadName = Annotated[str, _named("head", head_names)]
 
 
@@ -176,6 +185,12 @@ class Recipe(BaseModel):
             return None
         return _resolve(value, (info.context or {}).get("base_dir"))
 
+    @field_validator("extractors")
+    @classmethod
+    def _resolve_model_files(cls, names: list[str], info: ValidationInfo) -> list[str]:
+        base = (info.context or {}).get("base_dir")
+        return [f"file:{_resolve(n[len('file:'):], base)}" if n.startswith("file:") else n for n in names]
+
     @field_validator("weights")
     @classmethod
     def _weights(cls, value: str, info: ValidationInfo) -> str:
@@ -199,6 +214,8 @@ class Recipe(BaseModel):
         from automl.extract import EXTRACTORS
 
         for name in info.data.get("extractors") or ():
+            if name.startswith("file:"):
+                continue  # a model file has its own input size
             minimum = getattr(EXTRACTORS.get(name), "min_size", 0)
             if value < minimum:
                 raise PydanticCustomError(
@@ -255,6 +272,9 @@ def _apply_flags(base: dict, flags: dict, source: str) -> Recipe:
         value = given.get(key)
         if isinstance(value, str) and not (key == "weights" and _is_weights_keyword(value)):
             given[key] = _resolve(value, Path.cwd())
+    if isinstance(given.get("extractors"), list):
+        given["extractors"] = [f"file:{_resolve(n[len('file:'):], Path.cwd())}" if str(n).startswith("file:") else n
+                               for n in given["extractors"]]
     try:
         return Recipe.model_validate({**base, **given})
     except ValidationError as exc:

@@ -76,6 +76,7 @@ class ModelBundle:
     head: object
     classes: list[str]
     automl_version: str
+    source: str = ""  # the extractor as named in the run: a registered name or file:/abs/path
 
     def save(self, path: Path) -> None:
         import joblib
@@ -97,6 +98,19 @@ class ModelBundle:
         from automl.extract import ExtractorKey, extractor_key
 
         saved = ExtractorKey(**self.extractor)
+        if self.source.startswith("file:"):
+            path = Path(self.source[len("file:"):])
+            if not path.exists():
+                raise WeightsUnavailableError(
+                    f"the model was fitted on embeddings from the model file {path}, which no longer exists; "
+                    "restore it (its content hash must match) to predict with this run.")
+            now = extractor_key(self.source)
+            if now != saved:
+                raise ConfigError(
+                    f"the model file {path} has changed since this run was fitted (content hash "
+                    f"{saved.weights.split(':', 1)[1]}, now {now.weights.split(':', 1)[1]}); its embeddings would "
+                    "not match the head. Restore the original file, or fit a new run with this one.")
+            return now
         weights = None if self.weights == "none" else self.weights
         if weights not in (None, "imagenet") and not Path(weights).is_file():
             raise WeightsUnavailableError(
