@@ -185,13 +185,11 @@ def _tflite_interpreter():
         import_keras()  # TensorFlow, with its start-up logging turned down
         import tensorflow as tf
 
-        with warnings.catch_warnings():
-            # tf.lite.Interpreter warns that it moves to ai_edge_litert; it still works in TF 2.21.
-            warnings.simplefilter("ignore", UserWarning)
-            return _quiet(tf.lite.Interpreter)
+        return _without_move_warning(tf.lite.Interpreter)
 
 
-def _quiet(cls):
+def _without_move_warning(cls):
+    """tf.lite.Interpreter warns on creation that it moves to ai_edge_litert; it works in TF 2.21."""
     def make(**kwargs):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)

@@ -98,7 +98,7 @@ def test_fit_chooses_among_builtin_and_file_extractors_on_real_images(shared, ca
     run_dir, = (tmp_path / "s" / "runs").iterdir()
     record = json.loads((run_dir / "run.json").read_text())
     board = json.loads((run_dir / "leaderboard.json").read_text())
-    assert {r["pipeline"].split(" + ")[0] for r in board} == {f"file:{shared / MOBILENET}", "inception-v3"}
+    assert {r["pipeline"].split(" + ")[0] for r in board} == {f"file:{(shared / MOBILENET).resolve()}", "inception-v3"}
     assert record["test"]["auroc"] > 0.7  # real ImageNet features on BreastMNIST (measured 0.84-0.88)
 
 
