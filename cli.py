@@ -209,9 +209,10 @@ def runs(store: Optional[Path] = typer.Option(None, help="Store folder.", envvar
     from automl.runs import list_runs
     from automl.store import Store
 
-    records = list_runs(Store(store).runs_dir)
+    runs_dir = Store(store).runs_dir
+    records = list_runs(runs_dir)
     if not records:
-        typer.echo(f"no runs in {Store(store).runs_dir}")
+        typer.echo(f"no runs in {runs_dir}")
         return
     typer.echo(table(["run", "name", "data", "best pipeline", "cv", "test acc", "test F1", "test AUROC"], [
         [r["id"], r.get("name") or "", _short_path(r["data"]), f"{r['best']['extractor']} + {r['best']['head']}",

@@ -66,8 +66,7 @@ def embed_items(
     """
     cache = open_cache(key)
     found = cache.lookup(it.fingerprint for it in items)
-    todo = _missing(items, found)
-    hits = len(items) - sum(1 for it in items if it.fingerprint not in found)
+    todo, hits = _plan(items, found)
     bad: list[BadFile] = []
     seconds = build_seconds = 0.0
     computed = 0
@@ -80,8 +79,7 @@ def embed_items(
             if extractor.key != key:
                 key, cache = extractor.key, open_cache(extractor.key)
                 found = cache.lookup(it.fingerprint for it in items)
-                todo = _missing(items, found)
-                hits = len(items) - sum(1 for it in items if it.fingerprint not in found)
+                todo, hits = _plan(items, found)
                 bar.reset(total=len(todo))
             size = extractor.image_size
             batch_size = batch_size or default_batch_size(size)
@@ -114,12 +112,16 @@ def padded_size(n: int, batch_size: int) -> int:
     return min(batch_size, 1 << max(0, n - 1).bit_length())
 
 
-def _missing(items: Sequence[Item], found: dict) -> list[Item]:
+def _plan(items: Sequence[Item], found: dict) -> tuple[list[Item], int]:
+    """The items to compute (one per missing fingerprint) and how many items the cache answers."""
     todo: dict[str, Item] = {}
+    hits = 0
     for it in items:
-        if it.fingerprint not in found and it.fingerprint not in todo:
+        if it.fingerprint in found:
+            hits += 1
+        elif it.fingerprint not in todo:
             todo[it.fingerprint] = it
-    return list(todo.values())
+    return list(todo.values()), hits
 
 
 def _compute(todo: list[Item], extractor: Extractor, cache: EmbeddingCache, found: dict, batch_size: int,

@@ -10,16 +10,8 @@ import warnings
 import numpy as np
 
 from automl.errors import ConfigError
-from automl.registry import canonical
 
 METRICS = ("macro-f1", "accuracy", "balanced-accuracy", "roc-auc")
-
-
-def check_metric(metric: str) -> str:
-    name = canonical(metric)
-    if name not in METRICS:
-        raise ConfigError(f"metric must be one of {', '.join(METRICS)}; got {metric!r}.")
-    return name
 
 
 def auroc(y_true: np.ndarray, proba: np.ndarray) -> float:

@@ -24,8 +24,8 @@ from automl import __version__
 from automl.data import Dataset
 from automl.embed import EmbedResult, embed_items
 from automl.errors import AutomlError
-from automl.extract import DEFAULT_IMAGE_SIZE, EXTRACTORS, build_extractor, canonical_extractor, extractor_key
-from automl.registry import canonical
+from automl.extract import (DEFAULT_IMAGE_SIZE, EXTRACTORS, build_extractor, canonical_extractor, extractor_key,
+                            parse_weights)
 from automl.store import Store
 
 
@@ -78,15 +78,12 @@ def fit(recipe, *, progress: bool = True) -> FitResult:
     reuses the cached embeddings and resumes the Optuna study.
     """
     from automl.data import load_dataset, split_test
-    from automl.evaluate import check_metric, full_proba, evaluation_report
-    from automl.heads import HEADS
+    from automl.evaluate import full_proba, evaluation_report
     from automl.runs import ModelBundle, new_run_id, write_run
     from automl.search import candidate_of, leaderboard, run_search, study_name
 
-    metric = check_metric(recipe.metric)
-    heads = [canonical(h) for h in recipe.heads]
-    for h in heads:
-        HEADS.get(h)  # an unknown name fails here, listing the valid ones
+    # The recipe has validated every name and value (metric, heads, extractors) already.
+    metric, heads = recipe.metric, list(recipe.heads)
     dataset = split_test(load_dataset(recipe.data, skip_bad=recipe.skip_bad),
                          test_fraction=recipe.test_fraction, seed=recipe.seed)
     notes = dataset_notes(dataset)
@@ -148,7 +145,8 @@ def fit(recipe, *, progress: bool = True) -> FitResult:
         "test": {k: v for k, v in report.items() if k not in ("per_class", "confusion_matrix")},
         "versions": library_versions(),
     }
-    bundle = ModelBundle(keys[candidate.extractor].to_dict(), _weights_arg(recipe.weights), recipe.seed,
+    weights = parse_weights(recipe.weights)
+    bundle = ModelBundle(keys[candidate.extractor].to_dict(), "none" if weights is None else str(weights), recipe.seed,
                          candidate.head, head, dataset.classes, __version__, source=candidate.extractor)
     from automl.recipe import recipe_to_yaml
 
@@ -201,14 +199,6 @@ def _trial_counts(study) -> dict:
     for t in study.get_trials(deepcopy=False):
         counts[t.state.name.lower()] = counts.get(t.state.name.lower(), 0) + 1
     return counts
-
-
-def _weights_arg(weights) -> str:
-    if weights is None or str(weights).lower() in ("none", "random"):
-        return "none"
-    if str(weights).lower() == "imagenet":
-        return "imagenet"
-    return str(Path(weights).expanduser().resolve())
 
 
 def _redact(url: str) -> str:
@@ -271,10 +261,9 @@ def predict(run_ref: str, paths: list[str], store: Store, *, skip_bad: bool = Fa
     bundle = ModelBundle.load(run_dir / "model.joblib")
     key = bundle.extractor_key()
     items, bad = load_images(paths, skip_bad=skip_bad)
-    weights = None if bundle.weights == "none" else bundle.weights
     source = bundle.source or key.extractor
     result = embed_items(items, key, store.embedding_cache,
-                         lambda: build_extractor(source, weights=weights, image_size=key.image_size,
+                         lambda: build_extractor(source, weights=bundle.weights, image_size=key.image_size,
                                                  precision=key.precision, seed=bundle.seed),
                          batch_size=batch_size, skip_bad=skip_bad, progress=progress)
     proba = full_proba(bundle.head, result.embeddings, len(bundle.classes)) if result.kept else np.zeros((0, 0))

@@ -111,13 +111,12 @@ class ModelBundle:
                     f"{saved.weights.split(':', 1)[1]}, now {now.weights.split(':', 1)[1]}); its embeddings would "
                     "not match the head. Restore the original file, or fit a new run with this one.")
             return now
-        weights = None if self.weights == "none" else self.weights
-        if weights not in (None, "imagenet") and not Path(weights).is_file():
+        if self.weights not in ("none", "imagenet") and not Path(self.weights).is_file():
             raise WeightsUnavailableError(
-                f"the model was fitted on embeddings from {saved.extractor} with weights file {weights}, which "
+                f"the model was fitted on embeddings from {saved.extractor} with weights file {self.weights}, which "
                 "no longer exists; restore the file (its content hash must match) to predict with this run."
             )
-        now = extractor_key(saved.extractor, weights=weights, image_size=saved.image_size,
+        now = extractor_key(saved.extractor, weights=self.weights, image_size=saved.image_size,
                             precision=saved.precision, seed=self.seed)
         if now != saved:
             diffs = ", ".join(f"{k}: fitted with {getattr(saved, k)!r}, now {getattr(now, k)!r}"

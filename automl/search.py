@@ -103,6 +103,7 @@ def run_search(
     extractors = list(features)
     heads = list(heads)
     folds = cv_splits(y, cv, seed if cv_seed is None else cv_seed, groups)
+    n_classes = int(y.max()) + 1
     with warnings.catch_warnings():
         # multivariate/group TPE is marked experimental, and is what a conditional space (each
         # head has its own parameters) needs to model parameters jointly.
@@ -124,7 +125,7 @@ def run_search(
         for step, (tr, va) in enumerate(folds):
             model = candidate.build(seed)
             model.fit(X[tr], y[tr])
-            scores.append(score(metric, y[va], full_proba(model, X[va], int(y.max()) + 1)))
+            scores.append(score(metric, y[va], full_proba(model, X[va], n_classes)))
             trial.report(float(np.nanmean(scores)), step)
             if trial.should_prune():
                 raise optuna.TrialPruned()
