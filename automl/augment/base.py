@@ -1,0 +1,132 @@
+"""What every augmenter is, and the registry the CLI and recipes name them by.
+
+An augmenter turns training images into new, labelled training images. The framework
+(``automl.augment.generate``) decides how many images of which class, hands the augmenter the
+training split only, caches every output in the store, and records where each came from; an
+augmenter only has to ``fit`` (when it learns something) and ``generate``.
+
+Contract, kept by every augmenter so that caching and resumption are correct:
+
+- ``defaults`` lists every parameter with its default; ``__init__`` refuses any other name (the
+  error lists the valid ones) and checks types and ranges (``check``).
+- ``fit_params`` names the parameters that change what ``fit`` learns. The fitted state lives in the
+  ``work_dir`` it is handed, which is keyed by (augmenter, those parameters, the training images'
+  fingerprints, seed): a second run with the same key must reuse what it finds there instead of
+  training again; a killed fit may leave a partial checkpoint there, which the next fit resumes or
+  discards, never mistakes for a finished one.
+- ``generate(label, indices, sources, seed)`` returns one uint8 RGB image (H, W, 3) per index, in
+  order. Image ``i`` must depend only on the fitted state, the parameters, ``seed``, ``label``,
+  ``indices[i]`` and ``sources[i]`` — not on how the indices were batched — so the framework can
+  make images 0..9 today, 10..19 tomorrow, and get the same set as making 0..19 at once.
+- ``uses_sources = True``: each output is made from one training image (``sources[i]``, an
+  ``automl.data.Item``); the framework picks it and records it as the output's source, and the
+  search keeps the output on its source's side of every fold. Otherwise ``sources`` holds ``None``.
+- Heavy packages (torch, diffusers) are imported inside methods; ``requires`` names them so a
+  missing one fails before any work with the install command.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, Mapping, Sequence
+
+import numpy as np
+
+from automl.errors import ConfigError
+from automl.registry import Registry, canonical
+
+
+class Augmenter:
+    name: ClassVar[str] = ""
+    defaults: ClassVar[dict[str, Any]] = {}
+    fit_params: ClassVar[tuple[str, ...]] = ()
+    uses_sources: ClassVar[bool] = False
+    requires: ClassVar[tuple[str, ...]] = ()
+    # Short text for `automl augmenters` and error messages.
+    summary: ClassVar[str] = ""
+
+    def __init__(self, **params: Any):
+        unknown = sorted(set(params) - set(self.defaults))
+        if unknown:
+            valid = ", ".join(sorted(self.defaults)) or "(none)"
+            raise ConfigError(f"augmenter {self.name!r} has no parameter {', '.join(map(repr, unknown))}; "
+                              f"valid parameters: {valid}.")
+        merged = dict(self.defaults)
+        for key, value in params.items():
+            merged[key] = _check_type(self.name, key, value, self.defaults[key])
+        self.params = merged
+        self.check()
+
+    def check(self) -> None:
+        """Raise ``ConfigError`` naming the parameter, its constraint and the value found."""
+
+    def fit(self, train: Mapping[int, Sequence], classes: Sequence[str], chosen: Sequence[int], work_dir: Path,
+            seed: int, progress: bool = True) -> None:
+        """Learn from ``train`` (class index -> training ``Item``s; the test split is never in it)
+        whatever ``generate`` needs for the ``chosen`` classes, keeping it under ``work_dir``."""
+
+    def generate(self, label: int, indices: Sequence[int], sources: Sequence, seed: int) -> list[np.ndarray]:
+        """One uint8 RGB image per index of class ``label`` (see the module docstring)."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release what ``fit`` holds in memory (models, GPU cache)."""
+
+    def fit_signature(self) -> dict[str, Any]:
+        return {k: self.params[k] for k in self.fit_params}
+
+
+def _check_type(augmenter: str, key: str, value: Any, default: Any) -> Any:
+    """Values are not coerced across kinds (``"0.1"`` is not 0.1), except int -> float."""
+    if default is None or value is None:
+        return value
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, str):
+        ok = isinstance(value, str)
+    elif isinstance(default, (list, tuple)):
+        ok = isinstance(value, (list, tuple))
+        value = list(value) if ok else value
+    else:
+        ok = True
+    if not ok:
+        raise ConfigError(f"augmenter {augmenter!r} parameter {key!r} must be {type(default).__name__} like its "
+                          f"default {default!r}; got {value!r} ({type(value).__name__}).")
+    return value
+
+
+def check_range(augmenter: str, key: str, value, low=None, high=None, *, low_open=False, high_open=False) -> None:
+    """The house error for a number out of range, in scikit-learn's words."""
+    bad = (low is not None and (value <= low if low_open else value < low)) or \
+          (high is not None and (value >= high if high_open else value > high))
+    if bad:
+        lo = "-inf" if low is None else low
+        hi = "inf" if high is None else high
+        interval = f"{'(' if low_open or low is None else '['}{lo}, {hi}{')' if high_open or high is None else ']'}"
+        raise ConfigError(f"The {key!r} parameter of augmenter {augmenter!r} must be in the range {interval}. "
+                          f"Got {value!r} instead.")
+
+
+AUGMENTERS: Registry[type[Augmenter]] = Registry("augmenter")
+
+
+def register(cls: type[Augmenter]) -> type[Augmenter]:
+    """Class decorator: add an augmenter under its ``name``."""
+    if cls.name != canonical(cls.name):
+        raise ValueError(f"augmenter name {cls.name!r} is not canonical kebab-case")
+    return AUGMENTERS.register(cls.name)(cls)
+
+
+def build_augmenter(name: str, params: Mapping[str, Any] | None = None) -> Augmenter:
+    from automl._imports import require
+
+    cls = AUGMENTERS.get(name)
+    augmenter = cls(**dict(params or {}))  # parameter errors first: they need no packages
+    for module in cls.requires:
+        require(module, f"the {cls.name} augmenter")
+    return augmenter

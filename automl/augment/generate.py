@@ -1,0 +1,195 @@
+"""Run an augmentation plan: fit the augmenter on the training split, make the planned images, cache them.
+
+Every synthetic image is a PNG in ``<generated>/<key>/<class index>/NNNNNN.png`` beside a JSON record
+of its class, augmenter, parameters, seed and source image(s); the key hashes (augmenter,
+parameters, the training images' fingerprints and labels, seed). Image ``k`` of a class is always
+the same image, so a re-run generates nothing new, a larger ratio only adds images, and a killed
+run keeps every image whose record was written (the record is written after its image, each
+atomically). Fitted generators live in ``<generators>/<key>/``, keyed by the parameters that
+change the fit, and are reused the same way.
+
+The augmenter is handed training items only: ``augment`` takes the training split, never the test
+split, and refuses items from any other split.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from automl.augment.base import Augmenter, build_augmenter
+from automl.augment.plan import AugmentSpec, plan_counts, reduce_real
+from automl.cache import atomic_write
+from automl.data import Item, fingerprint_bytes
+from automl.errors import DataError
+
+CHUNK = 8  # images per generate() call: the most a killed run loses per class
+TRAIN_SPLITS = ("train", "val")  # val joins training in fit; cross-validation replaces it
+
+
+@dataclass
+class Synthetic:
+    """The training set an augmentation plan yields."""
+
+    real: list[Item]  # the real training images kept (all of them unless real_fraction < 1)
+    items: list[Item]  # synthetic images, split "synthetic"
+    sources: list[tuple[str, ...]]  # per synthetic item: fingerprints of the real image(s) it was made from
+    record: dict = field(default_factory=dict)  # what a run records about the augmentation
+
+    @property
+    def train_on_real(self) -> bool:
+        return self.record.get("mix", "real+synthetic") == "real+synthetic"
+
+
+def key_of(name: str, params: dict, train: Sequence[Item], seed: int) -> str:
+    h = hashlib.blake2b(digest_size=8)
+    h.update(json.dumps([name, params, seed], sort_keys=True, default=str).encode())
+    for fp, label in sorted((it.fingerprint, it.label) for it in train):
+        h.update(f"{fp}:{label};".encode())
+    return f"{name}-{h.hexdigest()}"
+
+
+def augment(train: Sequence[Item], classes: Sequence[str], spec: AugmentSpec, *, generated_dir: Path,
+            generators_dir: Path, seed: int = 0, progress: bool = True,
+            augmenter: Augmenter | None = None) -> Synthetic:
+    """Make (or reuse) the synthetic images ``spec`` plans for the training items ``train``."""
+    outside = [it for it in train if it.split not in TRAIN_SPLITS]
+    if outside:
+        raise DataError(f"augmenters see the training split only; got {len(outside)} image(s) from split "
+                        f"{outside[0].split!r} (e.g. {outside[0].path}).")
+    augmenter = augmenter or build_augmenter(spec.type, spec.params)
+    labels = [it.label for it in train]
+    original = np.bincount(labels, minlength=len(classes)).tolist()
+    real = [train[i] for i in reduce_real(labels, spec.real_fraction, seed)]
+    sizes = np.bincount([it.label for it in real], minlength=len(classes)).tolist()
+    counts = plan_counts(spec, sizes, classes, original)
+
+    key = key_of(augmenter.name, augmenter.params, real, seed)
+    out_dir = Path(generated_dir) / key
+    work_dir = Path(generators_dir) / key_of(augmenter.name, augmenter.fit_signature(), real, seed)
+    by_class = {c: [it for it in real if it.label == c] for c in range(len(classes))}
+    missing = {c: [k for k in range(n) if not (out_dir / str(c) / f"{k:06d}.json").is_file()]
+               for c, n in counts.items()}
+    todo = sum(len(m) for m in missing.values())
+    t0 = time.perf_counter()
+    fit_seconds = 0.0
+    if todo:
+        _write_key(out_dir, augmenter, real, seed)
+        work_dir.mkdir(parents=True, exist_ok=True)
+        augmenter.fit(by_class, list(classes), [c for c, m in missing.items() if m], work_dir, seed, progress)
+        fit_seconds = time.perf_counter() - t0
+        bar = tqdm(total=todo, desc=f"generate {augmenter.name}", unit="img", disable=not progress,
+                   dynamic_ncols=True)
+        try:
+            for c, indices in missing.items():
+                bar.set_postfix_str(f"class {classes[c]}")
+                order = _source_order(by_class[c], c, seed) if augmenter.uses_sources else None
+                for start in range(0, len(indices), CHUNK):
+                    chunk = indices[start:start + CHUNK]
+                    sources = [order[k % len(order)] if order else None for k in chunk]
+                    images = augmenter.generate(c, chunk, sources, seed)
+                    if len(images) != len(chunk):
+                        raise RuntimeError(f"augmenter {augmenter.name} returned {len(images)} images for "
+                                           f"{len(chunk)} indices")
+                    for k, image, source in zip(chunk, images, sources):
+                        _save(out_dir / str(c), k, image, classes[c], c, augmenter, seed, source)
+                        bar.update(1)
+        finally:
+            bar.close()
+            augmenter.close()
+    gen_seconds = time.perf_counter() - t0 - fit_seconds
+
+    items, sources = [], []
+    for c, n in counts.items():
+        for k in range(n):
+            rec = json.loads((out_dir / str(c) / f"{k:06d}.json").read_text())
+            path = out_dir / str(c) / rec["file"]
+            items.append(Item(str(path), c, "synthetic", rec["fingerprint"], rec["width"], rec["height"], "RGB"))
+            sources.append(tuple(s["fingerprint"] for s in rec["sources"]))
+    record = {
+        "variant": spec.describe(),
+        "augmenter": augmenter.name,
+        "params": augmenter.params,
+        "classes": [classes[c] for c in counts],
+        "ratio": spec.ratio,
+        "mix": spec.mix,
+        "real_fraction": spec.real_fraction,
+        "real_per_class": dict(zip(classes, sizes)),
+        "synthetic_per_class": {classes[c]: n for c, n in counts.items()},
+        "generated": todo,
+        "reused": sum(counts.values()) - todo,
+        "fit_seconds": round(fit_seconds, 2),
+        "generate_seconds": round(gen_seconds, 2),
+        "folder": str(out_dir),
+        "generator_folder": str(work_dir),
+        "seed": seed,
+    }
+    return Synthetic(real, items, sources, record)
+
+
+def _source_order(members: list[Item], label: int, seed: int) -> list[Item]:
+    """The class's images in a seeded order that does not depend on the dataset's listing order."""
+    members = sorted(members, key=lambda it: it.fingerprint)
+    rng = np.random.default_rng([seed, label, 104729])
+    return [members[i] for i in rng.permutation(len(members))]
+
+
+def _write_key(out_dir: Path, augmenter: Augmenter, real: Sequence[Item], seed: int) -> None:
+    meta = out_dir / "key.json"
+    if meta.exists():
+        return
+    atomic_write(meta, lambda f: f.write(json.dumps({
+        "augmenter": augmenter.name, "params": augmenter.params, "seed": seed, "train_images": len(real),
+    }, indent=2, sort_keys=True, default=str).encode()))
+
+
+def _save(folder: Path, k: int, image: np.ndarray, class_name: str, label: int, augmenter: Augmenter, seed: int,
+          source: Item | None) -> None:
+    from PIL import Image
+
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise RuntimeError(f"augmenter {augmenter.name} returned an image of shape {image.shape} and dtype "
+                           f"{image.dtype}; expected uint8 (H, W, 3)")
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    data = buffer.getvalue()
+    name = f"{k:06d}.png"
+    atomic_write(folder / name, lambda f: f.write(data))
+    record = {
+        "file": name, "index": k, "class": class_name, "label": label, "augmenter": augmenter.name,
+        "params": augmenter.params, "seed": seed, "fingerprint": fingerprint_bytes(data),
+        "width": int(image.shape[1]), "height": int(image.shape[0]),
+        "sources": [] if source is None else [{"path": source.path, "fingerprint": source.fingerprint}],
+    }
+    atomic_write(folder / f"{k:06d}.json",
+                 lambda f: f.write(json.dumps(record, indent=1, default=str).encode()))
+
+
+def sample_grid(items: Sequence[Item], classes: Sequence[str], path: Path, per_class: int = 8, size: int = 64) -> None:
+    """A PNG with up to ``per_class`` synthetic images per row, one row per class that has them."""
+    from PIL import Image
+
+    rows = {}
+    for it in items:
+        rows.setdefault(it.label, [])
+        if len(rows[it.label]) < per_class:
+            rows[it.label].append(it)
+    if not rows:
+        return
+    grid = Image.new("RGB", (per_class * size, len(rows) * size))
+    for r, (label, members) in enumerate(sorted(rows.items())):
+        for col, it in enumerate(members):
+            grid.paste(Image.fromarray(it.load(size)), (col * size, r * size))
+    buffer = io.BytesIO()
+    grid.save(buffer, format="PNG")
+    atomic_write(path, lambda f: f.write(buffer.getvalue()))
+
