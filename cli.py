@@ -28,6 +28,12 @@ app = typer.Typer(
 )
 
 DATA_HELP = "A folder of class folders, a folder with train/ and test/ (optionally val/), or a MedMNIST-style .npz."
+AUGMENT_HELP = "An augmenter (conventional, dcgan, sd-img2img, ...; `automl augmenters` lists them)."
+RATIO_HELP = "Synthetic images per real image of each chosen class (default 1.0: doubles it), balance or full."
+CLASSES_HELP = "Classes to augment: minority (default), all, or names a,b."
+MIX_HELP = "real+synthetic (default) or synthetic-only."
+REAL_FRACTION_HELP = "Keep this stratified share of the real training images (default 1.0)."
+AUGMENT_PARAM_HELP = "An augmenter parameter KEY=VALUE (VALUE read as YAML: 0.1, true, text); repeatable."
 
 
 def _version(value: bool) -> None:
@@ -71,13 +77,15 @@ def embed(
     """Embed every image with the frozen extractors, reusing cached embeddings."""
     from automl.data import load_dataset
     from automl.pipeline import embed_dataset
+    from automl.pretrain import resolve_extractor_names
     from automl.report import table
     from automl.store import Store
 
+    names = resolve_extractor_names(_split_names(extractors), store)  # pretrained names -> their files
     dataset = load_dataset(data, skip_bad=skip_bad)
     _warn_dataset(dataset)
     results = embed_dataset(
-        dataset, Store(store), _split_names(extractors), weights=weights, image_size=image_size,
+        dataset, Store(store), names, weights=weights, image_size=image_size,
         precision=precision, seed=seed, batch_size=batch_size, skip_bad=skip_bad, progress=progress)
     rows = [(r.key.extractor, r.key.precision, r.embeddings.shape[1] if r.embeddings.size else None,
              r.images, r.cache_hits, r.computed, r.images_per_s, round(r.seconds + r.build_seconds, 1))
@@ -89,6 +97,51 @@ def embed(
         typer.echo(f"skipped {len(bad)} undecodable file(s):", err=True)
         for path, reason in bad.items():
             typer.echo(f"  {path}: {reason}", err=True)
+
+
+@app.command()
+def pretrain(
+    data: Path = typer.Argument(..., help=DATA_HELP + " Its train (and val) split is trained on; never its test split."),
+    extractor: str = typer.Option("inception-v3", "--extractor", help="The Keras backbone to train (built in)."),
+    weights: str = typer.Option(
+        "imagenet", help="Starting weights: imagenet (Keras download and cache), none (random, seeded), or a file."),
+    image_size: int = typer.Option(299, help="Input size in pixels (Keras minimums: 75, 71 for xception)."),
+    epochs: int = typer.Option(10, help="Most epochs to train; early stopping on validation loss may stop sooner."),
+    patience: int = typer.Option(3, help="Stop after this many epochs without a lower validation loss."),
+    freeze_until: Optional[str] = typer.Option(
+        None, help="Freeze the backbone's layers up to and including this one (e.g. mixed7 for inception-v3)."),
+    name: Optional[str] = typer.Option(None, help="Saved as store/extractors/NAME.keras (default: EXTRACTOR-DATA)."),
+    exclude: Optional[List[Path]] = typer.Option(
+        None, "--exclude", help="A dataset whose test split must not be trained on (matching images are dropped); "
+        "repeatable."),
+    exclude_mode: str = typer.Option("drop", help="drop matching images (with a count), or refuse to train."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing pretrained extractor NAME."),
+    batch_size: Optional[int] = typer.Option(None, help="Images per training step (default: 32 at 75 px, 16 at 299)."),
+    learning_rate: Optional[float] = typer.Option(
+        None, help="Peak learning rate of the cosine schedule (default: 1e-3 from random weights, else 1e-4)."),
+    val_fraction: float = typer.Option(0.1, help="Validation share of train when the data has no val split."),
+    store: Optional[Path] = typer.Option(None, help="Store folder (default: $AUTOML_STORE or ./store).",
+                                         envvar="AUTOML_STORE"),
+    seed: int = typer.Option(0, help="Seed of the validation split, the weights, augmentation and shuffling."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Leave out undecodable files."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+) -> None:
+    """Train a backbone with a temporary head on DATA and save it as an extractor: --extractors NAME."""
+    from automl.pretrain import pretrain as run_pretrain
+    from automl.report import table
+
+    result = run_pretrain(
+        data, extractor=extractor, weights=weights, image_size=image_size, epochs=epochs, patience=patience,
+        freeze_until=freeze_until, name=name, exclude=exclude or (), exclude_mode=exclude_mode, overwrite=overwrite,
+        batch_size=batch_size, learning_rate=learning_rate, val_fraction=val_fraction, store=store, seed=seed,
+        skip_bad=skip_bad, progress=progress, log=typer.echo)
+    rec = result.record
+    typer.echo(table(["epoch", "loss", "acc", "val loss", "val acc", "lr"],
+                     [[r["epoch"], round(r["loss"], 4), round(r["accuracy"], 3), round(r["val_loss"], 4),
+                       round(r["val_accuracy"], 3), f"{r['learning_rate']:.2e}"] for r in rec["epochs"]]))
+    typer.echo(f"best epoch {rec['best_epoch']}" + (" (stopped early)" if rec["stopped_early"] else "")
+               + f"; saved {result.model_path} and {result.record_path.name}")
+    typer.echo(f"use it: automl fit DATA --extractors {result.name}" + (f" --store {store}" if store else ""))
 
 
 @app.command()
@@ -128,22 +181,114 @@ def fit(
     storage: Optional[str] = typer.Option(None, help="Optuna storage URL (default: SQLite in the store)."),
     skip_bad: Optional[bool] = typer.Option(None, "--skip-bad/--no-skip-bad", help="Leave out undecodable files."),
     name: Optional[str] = typer.Option(None, help="A label for the run."),
+    augment: Optional[str] = typer.Option(None, "--augment", "-a", help=AUGMENT_HELP),
+    ratio: Optional[str] = typer.Option(None, help=RATIO_HELP),
+    classes: Optional[str] = typer.Option(None, "--classes", help=CLASSES_HELP),
+    mix: Optional[str] = typer.Option(None, help=MIX_HELP),
+    real_fraction: Optional[float] = typer.Option(None, help=REAL_FRACTION_HELP),
+    augment_param: Optional[List[str]] = typer.Option(None, "--augment-param", "-p", help=AUGMENT_PARAM_HELP),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
-    """Search extractors x heads by cross-validation on the training split, evaluate the test split once, save the run."""
-    from automl.recipe import Recipe, load_recipe
-
+    """Search extractors x heads by cross-validation on the training split, evaluate the test split once, save
+    the run. With --augment, also fit the original-data baseline and show both side by side."""
     flags = dict(data=data, extractors=_split_names(extractors), heads=_split_names(heads), trials=trials,
                  timeout=timeout, metric=metric, cv=cv, weights=weights, image_size=image_size, precision=precision,
                  batch_size=batch_size, seed=seed, test_fraction=test_fraction, store=store, storage=storage,
                  skip_bad=skip_bad, name=name)
-    if recipe is not None:
-        resolved = load_recipe(recipe).with_overrides(**flags)
-    elif data is None:
-        raise typer.BadParameter("give DATA or --recipe FILE", param_hint="DATA")
-    else:
-        resolved = Recipe.from_flags(**flags)
+    resolved = _resolve_recipe(recipe, data, flags, augment, ratio, classes, mix, real_fraction, augment_param)
     _fit(resolved, progress)
+
+
+@app.command()
+def compare(
+    data: Optional[str] = typer.Argument(None, help=DATA_HELP + " Optional with --recipe."),
+    recipe: Optional[Path] = typer.Option(None, "--recipe", "-r", help="A recipe YAML; flags given override it."),
+    augment: Optional[str] = typer.Option(None, "--augment", "-a", help=AUGMENT_HELP + " Several: a,b,c."),
+    repeats: Optional[int] = typer.Option(None, help="Seeds per variant (default 5; >= 6 can reach p < 0.05)."),
+    ratio: Optional[str] = typer.Option(None, help=RATIO_HELP),
+    classes: Optional[str] = typer.Option(None, "--classes", help=CLASSES_HELP),
+    mix: Optional[str] = typer.Option(None, help=MIX_HELP),
+    real_fraction: Optional[float] = typer.Option(None, help=REAL_FRACTION_HELP),
+    augment_param: Optional[List[str]] = typer.Option(None, "--augment-param", "-p", help=AUGMENT_PARAM_HELP),
+    extractors: Optional[List[str]] = typer.Option(None, "--extractors", "-e", help="Extractors to search over."),
+    heads: Optional[List[str]] = typer.Option(None, "--heads", help="Heads to search over (default: all)."),
+    trials: Optional[int] = typer.Option(None, help="Search budget per fit in finished trials (default 30)."),
+    timeout: Optional[float] = typer.Option(None, help="Search budget per fit in seconds."),
+    metric: Optional[str] = typer.Option(None, help="CV metric, and the test metric of the verdict (default macro-f1)."),
+    cv: Optional[int] = typer.Option(None, help="Cross-validation folds (default 5)."),
+    weights: Optional[str] = typer.Option(None, help="imagenet (default), none (random, seeded) or a weights file."),
+    image_size: Optional[int] = typer.Option(None, help="Input size in pixels (default 299)."),
+    seed: Optional[int] = typer.Option(None, help="First seed; repeat r uses seed + r (default 0)."),
+    store: Optional[str] = typer.Option(None, help="Store folder (default: $AUTOML_STORE or ./store)."),
+    name: Optional[str] = typer.Option(None, help="A label for the runs."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+) -> None:
+    """Does augmentation help? Fit the baseline and each variant over N seeds; medians, intervals, paired tests."""
+    from automl.compare import compare as run_compare
+
+    flags = dict(data=data, extractors=_split_names(extractors), heads=_split_names(heads), trials=trials,
+                 timeout=timeout, metric=metric, cv=cv, weights=weights, image_size=image_size, seed=seed,
+                 store=store, name=name, repeats=repeats)
+    resolved = _resolve_recipe(recipe, data, flags, augment, ratio, classes, mix, real_fraction, augment_param)
+    result = run_compare(resolved, progress=progress)
+    typer.echo(result.text)
+    typer.echo(f"\nsaved comparison {result.id} in {result.folder} (comparison.json: every run id, value and test)")
+
+
+@app.command()
+def augmenters() -> None:
+    """The augmenters --augment accepts, with their parameters and defaults."""
+    from automl.augment import AUGMENTERS
+
+    for name in AUGMENTERS:
+        cls = AUGMENTERS.get(name)
+        typer.echo(f"{name}: {cls.summary}")
+        for key, value in cls.defaults.items():
+            typer.echo(f"    {key} = {value!r}")
+
+
+def _resolve_recipe(recipe: Optional[Path], data: Optional[str], flags: dict, augment, ratio, classes, mix,
+                    real_fraction, augment_param):
+    """The recipe file (if any) with the flags given on top; the augment flags build its variants."""
+    from automl.recipe import Recipe, load_recipe
+
+    base = load_recipe(recipe) if recipe is not None else None
+    if base is None and data is None:
+        raise typer.BadParameter("give DATA or --recipe FILE", param_hint="DATA")
+    flags["augment"] = _augment_flags(base.augment if base else None, augment, ratio, classes, mix, real_fraction,
+                                      augment_param)
+    return base.with_overrides(**flags) if base is not None else Recipe.from_flags(**flags)
+
+
+def _augment_flags(variants, names, ratio, classes, mix, real_fraction, params) -> Optional[list]:
+    """--augment a,b with the plan flags -> the recipe's ``augment`` list (None: keep the recipe's)."""
+    import yaml
+
+    plan = {}
+    if ratio is not None:
+        try:
+            plan["ratio"] = float(ratio)
+        except ValueError:
+            plan["ratio"] = ratio
+    if classes is not None:
+        plan["classes"] = classes if classes in ("minority", "all") else _split_names([classes])
+    for key, value in (("mix", mix), ("real_fraction", real_fraction)):
+        if value is not None:
+            plan[key] = value
+    extra = {}
+    for pair in params or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise typer.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="--augment-param")
+        extra[key.strip()] = yaml.safe_load(value)
+    if names:
+        return [{"type": n, **plan, "params": dict(extra)} for n in _split_names([names])]
+    if variants and (plan or extra):
+        return [{**v.model_dump(), **plan, "params": {**v.params, **extra}} for v in variants]
+    if plan or extra:
+        raise typer.BadParameter("--ratio, --classes, --mix, --real-fraction and --augment-param need --augment "
+                                 "NAME (or a recipe with `augment:`)", param_hint="--augment")
+    return None
 
 
 @app.command("run")
@@ -249,8 +394,38 @@ def _fit(recipe, progress: bool) -> None:
     typer.echo("")
     report = json.loads((result.run_dir / "metrics.json").read_text())
     typer.echo(_run_text(result.record, report, result.leaderboard, result.run_dir))
+    if result.baseline is not None:
+        typer.echo("\n" + _side_by_side(result.baseline.record, result.record))
+        typer.echo(f"\nsaved runs {result.baseline.run_id} (original data) and {result.run_id} (augmented): "
+                   f"`automl show RUN`, `automl predict RUN IMAGES...`")
+        return
     typer.echo(f"\nsaved run {result.run_id}: `automl show {result.run_id}`, "
                f"`automl predict {result.run_id} IMAGES...`")
+
+
+def _side_by_side(baseline: dict, augmented: dict) -> str:
+    """The original-data run and the augmented run on the same test split, and each difference."""
+    from automl.evaluate import HEADLINE
+    from automl.report import table
+
+    aug = augmented["augment"]
+    rows = []
+    for label, key in HEADLINE:
+        a, b = baseline["test"][key], augmented["test"][key]
+        diff = None if a is None or b is None else round(b - a, 4)
+        rows.append([label, None if a is None else round(a, 4), None if b is None else round(b, 4),
+                     diff if diff is None or diff <= 0 else f"+{diff}"])
+    made = ", ".join(f"{c} +{n}" for c, n in aug["synthetic_per_class"].items())
+    lines = [
+        f"augmentation {aug['variant']}: {made} synthetic ({aug['generated']} generated now, {aug['reused']} reused "
+        f"from {aug['folder']}); trained on {augmented['train_images']['fitted_on']} images "
+        f"({aug['mix']}, real fraction {aug['real_fraction']:g})",
+        f"test split ({augmented['test']['n']} images), one seed ({augmented['seed']}): for intervals and a "
+        "significance test over seeds, run `automl compare` with --repeats",
+        table(["metric", "original", "augmented", "difference"], rows),
+        f"best pipelines: original {baseline['best']['pipeline']}; augmented {augmented['best']['pipeline']}",
+    ]
+    return "\n".join(lines)
 
 
 def _run_text(record: dict, report: dict, board: list[dict], folder: Path) -> str:

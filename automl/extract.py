@@ -29,7 +29,8 @@ import numpy as np
 
 from automl._imports import require
 from automl.errors import ConfigError, WeightsUnavailableError
-from automl.file_extractors import content_digest, file_path, is_file_extractor, load_file_model, model_kind
+from automl.file_extractors import (content_digest, file_name, file_path, is_file_extractor, load_file_model,
+                                    model_kind, split_file_name)
 from automl.images import DECODE_VERSION
 from automl.registry import Registry
 
@@ -81,7 +82,7 @@ class ExtractorKey:
         digest = hashlib.blake2b(json.dumps(asdict(self), sort_keys=True).encode(), digest_size=6)
         kind = self.weights.split(":", 1)[0]
         size = f"{self.image_size}px" if self.image_size else "native"
-        name = re.sub(r"[^A-Za-z0-9._-]+", "-", self.extractor)
+        name = re.sub(r"[^A-Za-z0-9._-]+", "-", self.extractor)[:80]  # file names with options run long
         return f"{name}-{size}-{self.precision}-{kind}-{digest.hexdigest()}"
 
     def to_dict(self) -> dict:
@@ -171,12 +172,13 @@ def extractor_key(name: str, *, weights: str | os.PathLike | None = "imagenet",
                   backend: str | None = None, gpu: bool | None = None) -> ExtractorKey:
     """The cache identity of an extractor, worked out without importing Keras or TensorFlow.
 
-    ``name`` is a registered extractor or ``file:PATH`` (a user's model file, whose identity is its
-    content hash; ``weights``, ``image_size`` and ``precision`` do not apply to it)."""
+    ``name`` is a registered extractor or ``file:PATH[?options]`` (a user's model file, whose identity
+    is its content hash and its preprocessing overrides; ``weights``, ``image_size`` and ``precision``
+    do not apply to it)."""
     if is_file_extractor(name):
-        path = file_path(name)
+        path, options = file_path(name), split_file_name(name)[1]
         kind = model_kind(path)
-        return ExtractorKey(f"file:{path.name}", f"file:{content_digest(path)}", 0, "native",
+        return ExtractorKey(file_name(path.name, options), f"file:{content_digest(path)}", 0, "native",
                             "tflite" if kind == "tflite" else (backend or keras_backend()))
     backbone = EXTRACTORS.get(name)
     check_image_size(backbone, image_size)
@@ -193,9 +195,9 @@ def extractor_key(name: str, *, weights: str | os.PathLike | None = "imagenet",
 
 
 def canonical_extractor(name: str) -> str:
-    """A registered name in canonical form, or ``file:`` with the model's absolute path."""
+    """A registered name in canonical form, or ``file:`` with the model's absolute path (and options)."""
     if is_file_extractor(name):
-        return f"file:{file_path(name)}"
+        return file_name(file_path(name), split_file_name(name)[1])
     return EXTRACTORS.get(name).name
 
 
@@ -253,7 +255,7 @@ def build_extractor(name: str, *, weights: str | os.PathLike | None = "imagenet"
     are neither cached nor downloadable; never falls back to other weights.
     """
     if is_file_extractor(name):
-        model = load_file_model(file_path(name))
+        model = load_file_model(file_path(name), split_file_name(name)[1])
         key = extractor_key(name)
         # Pixels go in as they are (uint8 values as float); the file model applies its own mapping.
         return Extractor(key, model.dim, _OnBatch(model.predict), lambda x: x, image_size=model.size)
@@ -263,21 +265,25 @@ def build_extractor(name: str, *, weights: str | os.PathLike | None = "imagenet"
     gpu = _backend_sees_gpu(backend)
     key = extractor_key(name, weights=weights, image_size=image_size, precision=precision, seed=seed,
                         backend=backend, gpu=gpu)
-    w = parse_weights(weights)
-    constructor = getattr(keras.applications, backbone.constructor)
     module = getattr(keras.applications, backbone.module)
-    size = key.image_size
-    with _dtype_policy(keras, _POLICY[key.precision]):
-        keras.utils.set_random_seed(int(seed))
-        if w == "imagenet":
-            model = _with_imagenet_weights(backbone, lambda: constructor(
-                include_top=False, weights="imagenet", input_shape=(size, size, 3), pooling="avg"))
-        else:
-            model = constructor(include_top=False, weights=None, input_shape=(size, size, 3), pooling="avg")
-            if w is not None:
-                _load_weights_file(model, backbone, w)
+    with dtype_policy(keras, _POLICY[key.precision]):
+        model = keras_backbone(keras, backbone, parse_weights(weights), key.image_size, seed)
     model.trainable = False
     return Extractor(key, backbone.dim, model, module.preprocess_input)
+
+
+def keras_backbone(keras, backbone: Backbone, weights: str | Path | None, size: int, seed: int):
+    """The backbone without its classifier, average-pooled, with ``weights`` as ``parse_weights``
+    returns them (also what ``automl pretrain`` starts from)."""
+    constructor = getattr(keras.applications, backbone.constructor)
+    keras.utils.set_random_seed(int(seed))
+    if weights == "imagenet":
+        return _with_imagenet_weights(backbone, lambda: constructor(
+            include_top=False, weights="imagenet", input_shape=(size, size, 3), pooling="avg"))
+    model = constructor(include_top=False, weights=None, input_shape=(size, size, 3), pooling="avg")
+    if weights is not None:
+        _load_weights_file(model, backbone, weights)
+    return model
 
 
 class _OnBatch:
@@ -288,7 +294,7 @@ class _OnBatch:
 
 
 @contextlib.contextmanager
-def _dtype_policy(keras, policy: str):
+def dtype_policy(keras, policy: str):
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(policy)
     try:

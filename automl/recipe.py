@@ -29,6 +29,7 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fi
                       ValidationError, ValidationInfo, field_validator, model_validator)
 from pydantic_core import PydanticCustomError
 
+from automl.augment.plan import AugmentSpec
 from automl.errors import ConfigError
 from automl.evaluate import METRICS
 from automl.registry import canonical
@@ -109,17 +110,54 @@ def _canonical_metric(value: Any) -> Any:
     return key
 
 
-def _extractor_name(name: str) -> str:
+def _extractor_spec(value: Any) -> Any:
+    """``{file: PATH, scale: ..., mean: ..., std: ..., bgr: ...}`` -> the canonical ``file:PATH?...`` name."""
+    if not isinstance(value, dict):
+        return value
+    from automl.file_extractors import spec_to_name
+
+    try:
+        return spec_to_name(value)
+    except ConfigError as exc:
+        raise PydanticCustomError("bad_extractor", "{problem}", {"problem": str(exc)}) from None
+
+
+def _extractor_name(name: str, info: ValidationInfo) -> str:
     # file:PATH names a user's model file; its path is resolved (against the recipe's folder) below.
     if name.startswith("file:"):
         if not name[len("file:"):].strip():
             raise PydanticCustomError("empty_path", "file: needs a model path, e.g. file:models/mine.tflite", {})
+        from automl.file_extractors import split_file_name
+
+        try:
+            split_file_name(name)
+        except ConfigError as exc:
+            raise PydanticCustomError("bad_extractor", "{problem}", {"problem": str(exc)}) from None
         return name
-    return _named("extractor", extractor_names).func(name)
+    key, valid = canonical(name), extractor_names()
+    if key in valid:
+        return key
+    # Not built in: a pretrained extractor (automl pretrain) in the recipe's store, named by its file.
+    from automl.pretrain import pretrained_names, pretrained_path
+
+    store = (info.context or {}).get("extractor_store")
+    path = pretrained_path(store, key)
+    if path is not None:
+        return f"file:{path}"
+    raise _unknown("extractor", name, valid + pretrained_names(store))
 
 
-ExtractorName = Annotated[str, AfterValidator(_extractor_name)]
+ExtractorName = Annotated[str, BeforeValidator(_extractor_spec), AfterValidator(_extractor_name)]
 HeadName = Annotated[str, _named("head", head_names)]
+
+
+def _augment_shorthand(value: Any) -> Any:
+    """``augment: dcgan`` means ``[{type: dcgan}]``: one variant or a list of them, names or mappings."""
+    if isinstance(value, (str, dict, AugmentSpec)):
+        value = [value]
+    if isinstance(value, (list, tuple)):
+        return [{"type": v} if isinstance(v, str) else v for v in value]
+    return value
 
 
 def _resolve(value: str, base_dir: Path | None) -> str:
@@ -174,9 +212,27 @@ class Recipe(BaseModel):
         "Store folder (null: $AUTOML_STORE or ./store). Relative paths follow the recipe file's folder."))
     storage: Optional[str] = Field(None, min_length=1, description=(
         "Optuna storage URL, e.g. sqlite:///path/optuna.db or postgresql://... (null: SQLite in the store)."))
+    augment: Annotated[Optional[list[AugmentSpec]], BeforeValidator(_augment_shorthand)] = Field(
+        None, description=(
+            "Synthetic training images: an augmenter name, or a mapping {type, ratio, classes, mix, real_fraction, "
+            "params, label}; a list of them for `automl compare`. fit trains the augmented model and the "
+            "original-data baseline with the same budget and seed and shows them side by side."))
+    repeats: int = Field(5, ge=1, description=(
+        "automl compare: seeds per variant (the search seed, and the split when the data has none); "
+        ">= 6 lets the paired Wilcoxon test reach p < 0.05."))
 
     # The recipe file this came from, so override errors can name it; not a recipe key.
     _source: Optional[str] = PrivateAttr(None)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _extractor_store(cls, data: Any, info: ValidationInfo) -> Any:
+        # Pretrained extractor names resolve against the store, a field validated after the extractors.
+        if isinstance(data, dict) and isinstance(info.context, dict):
+            store = data.get("store")
+            info.context["extractor_store"] = (_resolve(store, info.context.get("base_dir"))
+                                               if isinstance(store, str) and store else None)
+        return data
 
     @field_validator("data", "store")
     @classmethod
@@ -276,7 +332,7 @@ def _apply_flags(base: dict, flags: dict, source: str) -> Recipe:
         given["extractors"] = [f"file:{_resolve(n[len('file:'):], Path.cwd())}" if str(n).startswith("file:") else n
                                for n in given["extractors"]]
     try:
-        return Recipe.model_validate({**base, **given})
+        return Recipe.model_validate({**base, **given}, context={})
     except ValidationError as exc:
         raise RecipeError(explain_errors(exc, flags=True), source=source) from None
 
@@ -319,6 +375,10 @@ _EXPECTED: dict[str, tuple[str, str]] = {
     "store": ("a folder path, or null ($AUTOML_STORE or ./store)", "store"),
     "storage": ("an Optuna storage URL (sqlite:///..., postgresql://...), or null (SQLite in the store)",
                 "sqlite:///store/optuna.db"),
+    "augment": ("an augmenter name, or a mapping with type, ratio (> 0, balance or full), classes (minority, all "
+                "or a list of class names), mix (real+synthetic or synthetic-only), real_fraction (0 < f <= 1), "
+                "params, label; or a list of those", "{type: conventional, ratio: 1.0}"),
+    "repeats": ("an integer >= 1 (seeds per variant in automl compare)", "5"),
 }
 
 
@@ -410,6 +470,10 @@ def _explain_one(err: dict, loc: tuple, flags: bool) -> str:
     if kind == "missing":
         return f"{path}: missing; expected {expected}. Fix: {fix}."
     found = _show(err.get("input"))
+    if kind == "value_error":
+        return f"{path}: {str(err['msg']).removeprefix('Value error, ')}."
+    if kind == "bad_extractor":
+        return f"{path}: {ctx['problem']}"
     if kind == "unknown_name":
         hint = f" Did you mean {ctx['suggestion']!r}?" if ctx.get("suggestion") else ""
         return (f"{path}: unknown {ctx['kind']}; expected one of {', '.join(ctx['valid'])}; found {found}.{hint} "
@@ -430,7 +494,8 @@ def _explain_one(err: dict, loc: tuple, flags: bool) -> str:
 
 def _expected_and_example(field: str) -> tuple[str, str]:
     if field == "extractors":
-        return f"a non-empty list of: {', '.join(extractor_names())} (or one comma-separated string)", "[xception]"
+        return (f"a non-empty list of: {', '.join(extractor_names())}, file:PATH (a model file) or the name of an "
+                "extractor made by `automl pretrain` (or one comma-separated string)", "[xception]")
     if field == "heads":
         return f"a non-empty list of: {', '.join(head_names())} (or one comma-separated string)", "[ffnn]"
     return _EXPECTED.get(field, ("a valid value", "..."))

@@ -99,7 +99,9 @@ class ModelBundle:
 
         saved = ExtractorKey(**self.extractor)
         if self.source.startswith("file:"):
-            path = Path(self.source[len("file:"):])
+            from automl.file_extractors import split_file_name
+
+            path = Path(split_file_name(self.source)[0])  # without its ?preprocessing options
             if not path.exists():
                 raise WeightsUnavailableError(
                     f"the model was fitted on embeddings from the model file {path}, which no longer exists; "

@@ -1,0 +1,525 @@
+"""Domain pretraining: ``automl pretrain`` trains a Keras backbone on a labelled dataset and saves it,
+without its head, as an extractor in the store.
+
+The backbone is built as the extractors build it (``include_top=False``, average-pooled, from
+ImageNet, random or file weights) with its ``preprocess_input`` as a ``Rescaling`` layer in front, so the
+saved model takes 0..255 RGB floats — what ``file:`` extractors feed a Keras model. A temporary softmax
+head, augmentation (random flip, rotation, zoom) and dropout are used for training only.
+
+Training, with the usual care: a validation split (the data's ``val/``, else a stratified, seeded
+fraction of train), a cosine learning-rate schedule over the epochs, early stopping on validation loss
+(the best epoch's weights are the ones saved), a progress bar, and a checkpoint after every epoch
+(weights, optimizer state, epoch, history) under ``store/extractors/.pretrain-NAME-<hash>/``: a killed
+pretraining run again with the same data and settings resumes after its last finished epoch. With
+pretrained weights (ImageNet or a file) the batch-norm layers stay frozen, the usual rule for fine-tuning
+on little data; from random weights they train.
+
+``--exclude DATA2`` drops (or, with ``exclude_mode="refuse"``, refuses) pretraining images that also
+appear in DATA2's test split — all of DATA2 when it has no test split, since ``automl fit`` would hold
+out a seeded fraction that depends on its flags. Images match by content fingerprint (identical file
+bytes, or identical pixel arrays for ``.npz``) and by a hash of the decoded pixels, so the same image
+stored losslessly in another format (a PNG and an ``.npz`` row) matches too; a re-encoded JPEG does not.
+
+Output: ``store/extractors/NAME.keras`` and ``NAME.json`` (data fingerprint, settings, the test sets it
+was checked against, metrics per epoch), written atomically; ``--extractors NAME`` then resolves to it
+(see ``pretrained_path``). Keras and TensorFlow are imported only when training starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from automl.cache import atomic_write, remove_stale_temporaries
+from automl.data import Dataset, Item, fingerprint_array, load_dataset
+from automl.errors import ConfigError, DataError
+from automl.extract import EXTRACTORS, check_image_size, parse_weights
+from automl.registry import canonical
+from automl.store import Store
+
+EXCLUDE_MODES = ("drop", "refuse")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,79}$")
+CHECKPOINT_VERSION = 1
+
+
+# --- names in the store (no Keras needed) ------------------------------------------------------
+
+
+def pretrained_path(store: str | os.PathLike | None, name: str) -> Path | None:
+    """``<store>/extractors/NAME.keras`` when it exists (``store`` None: $AUTOML_STORE or ./store)."""
+    name = canonical(name)
+    if not _NAME.match(name):
+        return None
+    path = Store(store).extractors_dir / f"{name}.keras"
+    return path.resolve() if path.is_file() else None
+
+
+def pretrained_names(store: str | os.PathLike | None) -> list[str]:
+    folder = Store(store).extractors_dir
+    if not folder.is_dir():
+        return []
+    return sorted(p.stem for p in folder.glob("*.keras") if not p.name.startswith("."))
+
+
+def resolve_extractor_names(names: Sequence[str] | None, store: str | os.PathLike | None) -> list[str] | None:
+    """Built-in names and ``file:`` names as they are; a pretrained name as ``file:<its .keras>``."""
+    if names is None:
+        return None
+    out = []
+    for name in names:
+        if str(name).startswith("file:") or name in EXTRACTORS:
+            out.append(name)
+            continue
+        path = pretrained_path(store, name)
+        if path is None:
+            valid = EXTRACTORS.names() + pretrained_names(store)
+            raise ConfigError(f"unknown extractor {name!r}; valid names: {', '.join(valid)} (built in, and made by "
+                              f"`automl pretrain` in {Store(store).extractors_dir}), or file:PATH for a model file.")
+        out.append(f"file:{path}")
+    return out
+
+
+# --- settings ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything besides the data that determines a pretraining (the checkpoint's identity)."""
+
+    extractor: str
+    weights: str  # "imagenet", "none" or "file:<content hash>"
+    image_size: int
+    epochs: int
+    freeze_until: str | None
+    seed: int
+    batch_size: int
+    learning_rate: float
+    val_fraction: float
+    patience: int
+    augmentation: dict = field(default_factory=lambda: {"flip": "horizontal", "rotation": 0.05, "zoom": 0.1})
+    schedule: str = "cosine"
+    dropout: float = 0.2
+
+
+@dataclass
+class PretrainResult:
+    name: str
+    model_path: Path
+    record_path: Path
+    record: dict
+
+
+def pretrain(
+    data: str | os.PathLike,
+    *,
+    extractor: str = "inception-v3",
+    weights: str | os.PathLike | None = "imagenet",
+    image_size: int = 299,
+    epochs: int = 10,
+    freeze_until: str | None = None,
+    name: str | None = None,
+    exclude: Sequence[str | os.PathLike] = (),
+    exclude_mode: str = "drop",
+    store: str | os.PathLike | None = None,
+    seed: int = 0,
+    batch_size: int | None = None,
+    learning_rate: float | None = None,
+    val_fraction: float = 0.1,
+    patience: int = 3,
+    overwrite: bool = False,
+    skip_bad: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> PretrainResult:
+    """Train ``extractor`` with a temporary head on ``data`` and save it as ``store/extractors/NAME.keras``.
+
+    Every input is checked before anything is written; a run killed after some epochs resumes from
+    its checkpoint when run again with the same data and settings.
+    """
+    backbone = EXTRACTORS.get(extractor)
+    check_image_size(backbone, image_size)
+    w = parse_weights(weights)
+    _check_range("epochs", epochs, 1)
+    _check_range("patience", patience, 1)
+    if batch_size is not None:
+        _check_range("batch size", batch_size, 2)
+    if learning_rate is not None and not (isinstance(learning_rate, (int, float)) and 0 < learning_rate < 1):
+        raise ConfigError(f"learning rate must be a number in (0, 1); got {learning_rate!r}.")
+    if not 0 < val_fraction < 1:
+        raise ConfigError(f"val fraction must be in (0, 1); got {val_fraction!r}.")
+    if exclude_mode not in EXCLUDE_MODES:
+        raise ConfigError(f"exclude mode must be one of {', '.join(EXCLUDE_MODES)}; got {exclude_mode!r}.")
+    for other in exclude:
+        if not Path(other).exists():
+            raise DataError(f"--exclude {other}: not found. Pass the dataset (folder or .npz) whose test split the "
+                            "pretraining must not contain.")
+    root = Store(store)
+    name = _check_name(name or default_name(backbone.name, data), root, overwrite)
+
+    dataset = load_dataset(data, skip_bad=skip_bad)
+    items = [it for it in dataset.items if it.split != "test"]
+    if not items:
+        raise DataError(f"{dataset.root}: no train images to pretrain on.")
+    excluded, items = _exclude(items, exclude, exclude_mode, skip_bad, log)
+    train, val, val_note = _validation_split(dataset, items, val_fraction, seed)
+    size = int(image_size)
+    batch = min(batch_size or default_batch_size(size), len(train))
+    lr = float(learning_rate or (1e-3 if w is None else 1e-4))
+    settings = Settings(backbone.name, _weights_identity(w), size, int(epochs), freeze_until, int(seed), batch, lr,
+                        float(val_fraction), int(patience))
+    data_fp = _fingerprint(train, val)
+    identity = hashlib.blake2b(json.dumps([data_fp, asdict(settings)], sort_keys=True).encode(),
+                               digest_size=8).hexdigest()
+    log(f"pretraining {backbone.name} on {dataset.root}: {len(train)} train / {len(val)} val images "
+        f"({val_note}), {len(dataset.classes)} classes, {size} px, batch {batch}, up to {epochs} epochs")
+
+    from automl.extract import import_keras
+
+    keras = import_keras()
+    models = _build(keras, backbone, w, settings, len(dataset.classes))
+    checkpoint = root.extractors_dir / f".pretrain-{name}-{identity}"
+    state = _resume(checkpoint, identity, models, log)
+    history = _train(keras, models, settings, train, val, checkpoint, identity, state, progress, log)
+
+    best = history["best_epoch"]
+    if best is not None:
+        models.extractor.load_weights(str(checkpoint / history["best_file"]))
+    record = {
+        "name": name,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "extractor": backbone.name,
+        "data": str(dataset.root),
+        "layout": dataset.layout,
+        "classes": dataset.classes,
+        "data_fingerprint": data_fp,
+        "counts": {"train": len(train), "val": len(val)},
+        "validation": val_note,
+        "settings": asdict(settings) | {"weights_given": "none" if w is None else str(w)},
+        "excluded": excluded,
+        "epochs": history["epochs"],
+        "best_epoch": best,
+        "stopped_early": history["stopped_early"],
+        "resumed_after_epoch": state["epoch"] if state else None,
+        "model": {"file": f"{name}.keras", "input": [size, size, 3], "dim": backbone.dim,
+                  "takes": "RGB floats 0..255 (preprocessing inside the model)"},
+    }
+    model_path, record_path = _save(models.extractor, record, root, name)
+    shutil.rmtree(checkpoint, ignore_errors=True)
+    for stale in root.extractors_dir.glob(f".pretrain-{name}-*"):
+        shutil.rmtree(stale, ignore_errors=True)  # checkpoints of earlier settings under this name
+    return PretrainResult(name, model_path, record_path, record)
+
+
+def default_name(extractor: str, data: str | os.PathLike) -> str:
+    stem = re.sub(r"[^a-z0-9._-]+", "-", Path(data).stem.lower()).strip("-._") or "data"
+    return f"{extractor}-{stem}"[:80]
+
+
+def default_batch_size(image_size: int) -> int:
+    """32 at 75 px down to 16 at 299 px: training holds activations for the backward pass too."""
+    return int(max(8, min(32, round(16 * (299 / image_size) ** 2))))
+
+
+def _check_range(what: str, value, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ConfigError(f"{what} must be an integer >= {minimum}; got {value!r}.")
+
+
+def _check_name(name: str, root: Store, overwrite: bool) -> str:
+    key = canonical(name)
+    if not _NAME.match(key):
+        raise ConfigError(f"--name {name!r}: a pretrained extractor's name is letters, digits, '.', '-' and '_' "
+                          "(up to 80, starting with a letter or digit); e.g. --name inception-v3-chest.")
+    if key in EXTRACTORS:
+        raise ConfigError(f"--name {name!r} is a built-in extractor; choose another name, e.g. {key}-pretrained.")
+    if (root.extractors_dir / f"{key}.keras").exists() and not overwrite:
+        raise ConfigError(f"a pretrained extractor {key!r} exists already ({root.extractors_dir / (key + '.keras')}); "
+                          "pass --overwrite to replace it, or another --name.")
+    return key
+
+
+def _weights_identity(w) -> str:
+    if w is None or w == "imagenet":
+        return "none" if w is None else "imagenet"
+    from automl.extract import file_digest
+
+    return f"file:{file_digest(w)}"
+
+
+def _fingerprint(train: list[Item], val: list[Item]) -> str:
+    h = hashlib.blake2b(digest_size=12)
+    for part, items in (("train", train), ("val", val)):
+        for it in items:
+            h.update(f"{part}:{it.fingerprint}:{it.label};".encode())
+    return h.hexdigest()
+
+
+# --- excluding test sets -----------------------------------------------------------------------
+
+
+def _pixel_hashes(items: Sequence[Item], skip_bad: bool) -> list[str | None]:
+    def one(it: Item) -> str | None:
+        try:
+            return fingerprint_array(it.load(None))
+        except DataError:
+            if skip_bad:
+                return None
+            raise
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return list(pool.map(one, items))
+
+
+def _exclude(items: list[Item], others, mode: str, skip_bad: bool, log) -> tuple[list[dict], list[Item]]:
+    if not others:
+        return [], items
+    mine = _pixel_hashes(items, skip_bad)
+    records, drop = [], set()
+    for other in others:
+        ds = load_dataset(other, skip_bad=skip_bad)
+        test = ds.split("test")
+        checked = "test split" if test else "all images (no test split given)"
+        test = test or ds.items
+        content = {it.fingerprint for it in test}
+        pixels = set(_pixel_hashes(test, skip_bad)) - {None}
+        hits = [i for i, (it, px) in enumerate(zip(items, mine)) if it.fingerprint in content or px in pixels]
+        if hits and mode == "refuse":
+            shown = ", ".join(items[i].path for i in hits[:5])
+            raise DataError(f"{len(hits)} pretraining image(s) also appear in the test split of {ds.root} "
+                            f"(e.g. {shown}); remove them, or pass --exclude-mode drop to leave them out.")
+        log(f"--exclude {ds.root} ({checked}, {len(test)} images): {len(hits)} pretraining image(s) match"
+            + ("; dropped" if hits else ""))
+        records.append({"data": str(ds.root), "checked": checked, "images_checked": len(test), "dropped": len(hits),
+                        "match": "content fingerprint or decoded-pixel hash"})
+        drop.update(hits)
+    kept = [it for i, it in enumerate(items) if i not in drop]
+    if not kept:
+        raise DataError("every pretraining image appears in an --exclude test set; nothing is left to train on.")
+    return records, kept
+
+
+# --- validation split --------------------------------------------------------------------------
+
+
+def _validation_split(dataset: Dataset, items: list[Item], fraction: float, seed: int):
+    val = [it for it in items if it.split == "val"]
+    train = [it for it in items if it.split != "val"]
+    if val:
+        note = "the data's val split"
+    else:
+        from sklearn.model_selection import train_test_split
+
+        labels = [it.label for it in train]
+        counts = {c: labels.count(c) for c in set(labels)}
+        n_val = math.ceil(fraction * len(train))
+        if min(counts.values()) < 2 or n_val < len(counts) or len(train) - n_val < len(counts):
+            raise DataError(f"{dataset.root}: cannot hold out a stratified {fraction:g} validation split (class "
+                            f"sizes {({dataset.classes[c]: n for c, n in sorted(counts.items())})}); every class "
+                            "needs at least 2 images. Add images, a val/ split, or raise --val-fraction.")
+        tr, va = train_test_split(list(range(len(train))), test_size=fraction, stratify=labels, random_state=seed)
+        train, val = [train[i] for i in sorted(tr)], [train[i] for i in sorted(va)]
+        note = f"stratified {fraction:g} of train (seed {seed})"
+    if len({it.label for it in train}) < 2:
+        raise DataError(f"{dataset.root}: pretraining needs at least 2 classes in the training images.")
+    return train, val, note
+
+
+# --- the models --------------------------------------------------------------------------------
+
+
+@dataclass
+class _Models:
+    train: object  # augmentation -> extractor -> dropout -> softmax head, compiled
+    extractor: object  # rescaling -> backbone: what is saved
+
+
+def _build(keras, backbone, w, settings: Settings, n_classes: int) -> _Models:
+    from automl.extract import dtype_policy, keras_backbone
+
+    size, seed = settings.image_size, settings.seed
+    module = getattr(keras.applications, backbone.module)
+    probe = np.linspace(0, 255, 12, dtype=np.float32).reshape(1, 2, 2, 3)
+    if not np.allclose(module.preprocess_input(probe.copy()), probe / 127.5 - 1, atol=1e-5):
+        raise ConfigError(f"{backbone.name}: its preprocess_input is not x / 127.5 - 1, which pretraining builds into "
+                          "the saved model; this backbone cannot be pretrained yet.")
+    # float32 whatever the global policy: mixed precision training would need loss scaling.
+    with dtype_policy(keras, "float32"):
+        net = keras_backbone(keras, backbone, w, size, seed)
+        _freeze(net, backbone.name, settings.freeze_until, pretrained=w is not None)
+        inputs = keras.Input((size, size, 3), name="pixels")
+        features = net(keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="preprocess")(inputs))
+        extractor = keras.Model(inputs, features, name=f"{backbone.name}-pretrained")
+        aug = settings.augmentation
+        x = keras.layers.RandomFlip(aug["flip"], seed=seed)(inputs)
+        x = keras.layers.RandomRotation(aug["rotation"], fill_mode="reflect", seed=seed + 1)(x)
+        x = keras.layers.RandomZoom(aug["zoom"], fill_mode="reflect", seed=seed + 2)(x)
+        x = extractor(x)
+        x = keras.layers.Dropout(settings.dropout, seed=seed + 3)(x)
+        outputs = keras.layers.Dense(n_classes, activation="softmax", name="head")(x)
+        model = keras.Model(inputs, outputs)
+        model.compile(optimizer=keras.optimizers.Adam(settings.learning_rate),
+                      loss="sparse_categorical_crossentropy", metrics=["accuracy"], jit_compile=False)
+    return _Models(model, extractor)
+
+
+def _freeze(net, name: str, until: str | None, pretrained: bool) -> None:
+    names = [layer.name for layer in net.layers]
+    if until is not None and until not in names:
+        blocks = [n for n in names if re.fullmatch(r"(mixed\d+|block\d+_out|block\d+_pool|conv_7b_ac)", n)]
+        shown = ", ".join(blocks or names[-10:])
+        raise ConfigError(f"--freeze-until {until!r}: no layer of that name in {name}; its block ends are {shown} "
+                          f"({len(names)} layers in all, e.g. {names[1]}, {names[len(names) // 2]}).")
+    frozen = names.index(until) + 1 if until is not None else 0
+    for i, layer in enumerate(net.layers):
+        is_bn = layer.__class__.__name__ == "BatchNormalization"
+        # With pretrained weights batch norm keeps its statistics (inference mode); from scratch it learns them.
+        layer.trainable = i >= frozen and not (pretrained and is_bn)
+
+
+# --- training ----------------------------------------------------------------------------------
+
+
+def _resume(checkpoint: Path, identity: str, models: _Models, log) -> dict | None:
+    state_file = checkpoint / "state.json"
+    if not state_file.is_file():
+        return None
+    state = json.loads(state_file.read_text())
+    if state.get("identity") != identity or state.get("version") != CHECKPOINT_VERSION:
+        return None
+    model = models.train
+    model.optimizer.build(model.trainable_variables)  # so the checkpoint's optimizer slots have a place
+    model.load_weights(str(checkpoint / state["last_file"]))
+    log(f"resuming from the checkpoint after epoch {state['epoch']} ({checkpoint})")
+    return state
+
+
+def _train(keras, models: _Models, settings: Settings, train: list[Item], val: list[Item], checkpoint: Path,
+           identity: str, state: dict | None, progress: bool, log) -> dict:
+    from tqdm.auto import tqdm
+
+    model = models.train
+    history = state["history"] if state else {"epochs": [], "best_epoch": None, "best_file": None,
+                                              "best_val_loss": None, "wait": 0, "stopped_early": False}
+    start = state["epoch"] if state else 0
+    y_train = np.array([it.label for it in train])
+    batch, size = settings.batch_size, settings.image_size
+    for epoch in range(start, settings.epochs):
+        if history["stopped_early"]:
+            break
+        t0 = time.perf_counter()
+        lr = settings.learning_rate * 0.5 * (1 + math.cos(math.pi * epoch / settings.epochs))
+        model.optimizer.learning_rate = lr
+        order = np.random.default_rng([settings.seed, epoch]).permutation(len(train))
+        steps = len(train) // batch  # drop the short last batch: one batch shape, one traced graph
+        model.reset_metrics()
+        logs = {}
+        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{settings.epochs}", unit="batch", disable=not progress,
+                   leave=False, dynamic_ncols=True)
+        try:
+            for idx, x in _batches([train[i] for i in order[:steps * batch]], batch, size):
+                logs = model.train_on_batch(x, y_train[order[idx]], return_dict=True)
+                bar.set_postfix(loss=f"{float(logs['loss']):.4f}")
+                bar.update(1)
+        finally:
+            bar.close()
+        val_loss, val_acc = _evaluate(models.train, val, batch, size)
+        row = {"epoch": epoch + 1, "loss": float(logs["loss"]), "accuracy": float(logs["accuracy"]),
+               "val_loss": val_loss, "val_accuracy": val_acc, "learning_rate": lr,
+               "seconds": round(time.perf_counter() - t0, 2)}
+        history["epochs"].append(row)
+        improved = history["best_val_loss"] is None or val_loss < history["best_val_loss"] - 1e-6
+        checkpoint.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(checkpoint)
+        if improved:
+            history.update(best_val_loss=val_loss, best_epoch=epoch + 1, wait=0,
+                           best_file=_save_weights(models.extractor, checkpoint, f"best-{epoch + 1}"))
+        else:
+            history["wait"] += 1
+            history["stopped_early"] = history["wait"] >= settings.patience
+        last = _save_weights(model, checkpoint, f"last-{epoch + 1}")
+        # state.json is the commit point: the files it names are complete before it is written.
+        atomic_write(checkpoint / "state.json", lambda f: f.write(json.dumps(
+            {"version": CHECKPOINT_VERSION, "identity": identity, "epoch": epoch + 1, "last_file": last,
+             "history": history}, indent=1).encode()))
+        for old in checkpoint.glob("*.weights.h5"):
+            if old.name not in (last, history["best_file"]):
+                old.unlink(missing_ok=True)
+        log(f"epoch {epoch + 1}/{settings.epochs}: loss {row['loss']:.4f} acc {row['accuracy']:.3f}  val_loss "
+            f"{val_loss:.4f} val_acc {val_acc:.3f}  lr {lr:.2e}  {row['seconds']:.0f} s"
+            + ("  (best)" if improved else "") + ("  early stop" if history["stopped_early"] else ""))
+    return history
+
+
+def _save_weights(model, folder: Path, stem: str) -> str:
+    name = f"{stem}.weights.h5"
+    tmp = folder / f".tmp-{os.getpid()}-{stem}.weights.h5"
+    model.save_weights(str(tmp))
+    os.replace(tmp, folder / name)
+    return name
+
+
+def _batches(items: list[Item], batch: int, size: int):
+    """(positions, uint8 images as float32) per batch, decoded in threads one batch ahead."""
+    chunks = [list(range(i, i + batch)) for i in range(0, len(items) - batch + 1, batch)]
+    if not chunks:
+        return
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        def submit(chunk):
+            return pool.map(lambda i: items[i].load(size), chunk)
+
+        ahead = submit(chunks[0])
+        for n, chunk in enumerate(chunks):
+            images = list(ahead)
+            if n + 1 < len(chunks):
+                ahead = submit(chunks[n + 1])
+            yield np.array(chunk), np.stack(images).astype(np.float32)
+
+
+def _evaluate(model, items: list[Item], batch: int, size: int) -> tuple[float, float]:
+    """Validation loss and accuracy; the short last batch is padded so the graph is traced once."""
+    probs = []
+    for start in range(0, len(items), batch):
+        chunk = items[start:start + batch]
+        x = np.stack([it.load(size) for it in chunk]).astype(np.float32)
+        if len(x) < batch:
+            x = np.concatenate([x, np.zeros((batch - len(x),) + x.shape[1:], np.float32)])
+        probs.append(np.asarray(model.predict_on_batch(x), dtype=np.float64)[:len(chunk)])
+    p = np.concatenate(probs)
+    y = np.array([it.label for it in items])
+    loss = float(-np.mean(np.log(np.clip(p[np.arange(len(y)), y], 1e-12, 1.0))))
+    return loss, float(np.mean(p.argmax(axis=1) == y))
+
+
+# --- saving ------------------------------------------------------------------------------------
+
+
+def _save(extractor, record: dict, root: Store, name: str) -> tuple[Path, Path]:
+    from automl.pipeline import library_versions
+    from automl.file_extractors import content_digest
+
+    folder = root.extractors_dir
+    root.ensure()
+    folder.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(folder)
+    model_path, record_path = folder / f"{name}.keras", folder / f"{name}.json"
+    tmp = folder / f".tmp-{os.getpid()}-{name}.keras"
+    try:
+        extractor.save(str(tmp))
+        record["model"]["content_hash"] = content_digest(tmp)
+        record["versions"] = library_versions()
+        os.replace(tmp, model_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    atomic_write(record_path, lambda f: f.write(json.dumps(record, indent=2).encode()))
+    return model_path, record_path
