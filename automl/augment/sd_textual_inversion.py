@@ -1,0 +1,184 @@
+"""``sd-textual-inversion``: learn one new word per chosen class (Gal et al. 2022), then generate
+"an image of a <class>" with it.
+
+Only the new token's embedding trains (every other row of the text encoder's embedding table is
+restored after each step); the UNet, VAE and the rest of the text encoder stay the base model's. The
+embedding starts from the class noun's (the mean of its tokens), or from ``initializer``. Each
+class's learned vector is a small safetensors file in work_dir. SD 1.x/2.x bases (SDXL's two text
+encoders are not handled).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from automl.augment.base import Augmenter, check_range, register
+from automl.augment.sd_common import (COMMON, REQUIRES, SWITCHES, check_choice, check_common, check_sampler,
+                                      check_template, class_noun, estimate, fill, index_seed, is_sdxl, pick_device,
+                                      release, resolve_model, run_pipeline, sample_items, warn_cpu)
+from automl.augment.sd_train import (auto_steps, generation_pipeline, is_done, load_components, save_atomic,
+                                     short_hash, train as train_model)
+from automl.errors import ConfigError
+
+TRAINING_PROMPTS = ["an image of a {token}", "a photo of a {token}", "a close-up image of a {token}",
+                    "a cropped image of a {token}"]
+
+
+@register
+class SDTextualInversion(Augmenter):
+    name = "sd-textual-inversion"
+    summary = "Stable Diffusion textual inversion: a new token embedding learned per class, then generate"
+    defaults = {
+        **COMMON,
+        "placeholder": "<{class}>",  # the new token; {class} is the class noun with spaces as dashes
+        "initializer": "",  # word(s) the embedding starts from; empty: the class noun
+        "prompt": "an image of a {token}",
+        "training_prompts": TRAINING_PROMPTS,
+        "learning_rate": 5e-4,
+        "train_steps": 0,  # 0: steps_per_image x images, at most max_train_steps
+        "steps_per_image": 100,
+        "max_train_steps": 3000,
+        "train_batch_size": 1,
+        "sampler": "all",
+        "memory_savers": "auto",
+    }
+    fit_params = ("model", "precision", "resolution", "placeholder", "initializer", "training_prompts",
+                  "learning_rate", "train_steps", "steps_per_image", "max_train_steps", "train_batch_size", "sampler",
+                  "memory_savers")
+    requires = REQUIRES
+
+    def check(self) -> None:
+        p = self.params
+        check_common(self.name, p)
+        check_choice(self.name, "memory_savers", p["memory_savers"], SWITCHES)
+        check_template(self.name, "placeholder", p["placeholder"], ["class"])
+        if p["placeholder"].format(**{"class": "x"}).strip() in ("", "x"):
+            raise ConfigError(f"The 'placeholder' parameter of augmenter {self.name!r} must make a new word, such as "
+                              f"<{{class}}>. Got {p['placeholder']!r} instead.")
+        check_template(self.name, "prompt", p["prompt"], ["token", "class"])
+        if not p["training_prompts"]:
+            raise ConfigError(f"The 'training_prompts' parameter of augmenter {self.name!r} is empty; give at least "
+                              f"one template with {{token}}, e.g. {TRAINING_PROMPTS[0]!r}.")
+        for template in p["training_prompts"]:
+            if not isinstance(template, str) or "{token}" not in template:
+                raise ConfigError(f"Every entry of 'training_prompts' of augmenter {self.name!r} must be a string "
+                                  f"containing {{token}}. Got {template!r}.")
+            check_template(self.name, "training_prompts", template, ["token", "class"])
+        check_range(self.name, "learning_rate", p["learning_rate"], 0, low_open=True)
+        check_range(self.name, "train_steps", p["train_steps"], 0)
+        check_range(self.name, "steps_per_image", p["steps_per_image"], 1)
+        check_range(self.name, "max_train_steps", p["max_train_steps"], 1)
+        check_range(self.name, "train_batch_size", p["train_batch_size"], 1)
+        check_sampler(self.name, p["sampler"])
+
+    def token(self, label: int) -> str:
+        return self.params["placeholder"].format(**{"class": class_noun(self.classes_[label]).replace(" ", "-")})
+
+    def fit(self, train, classes, chosen, work_dir, seed, progress=True) -> None:
+        p = self.params
+        self.classes_ = list(classes)
+        self.folder_ = resolve_model(p["model"])
+        if is_sdxl(self.folder_):
+            raise ConfigError(f"augmenter {self.name!r} supports SD 1.x/2.x bases; {p['model']!r} is SDXL (two text "
+                              "encoders). Fix: use sd-lora or sd-dreambooth with it, or an SD 1.x/2.x base.")
+        tokens = [self.token(c) for c in chosen]
+        if len(set(tokens)) != len(tokens):
+            raise ConfigError(f"augmenter {self.name!r}: placeholder {p['placeholder']!r} makes the same token for "
+                              f"two classes ({tokens}); use {{class}} in it.")
+        self.device_ = pick_device(p["device"])
+        self.embeds_: dict[int, Path] = {}
+        self.pipe_ = None
+        for c in chosen:
+            init = p["initializer"] or class_noun(classes[c])
+            folder = Path(work_dir) / f"class-{c}-{short_hash(self.token(c), init, classes[c])}"
+            if not is_done(folder):
+                self._learn(folder, c, train[c], init, seed, progress)
+            self.embeds_[c] = folder
+
+    def _learn(self, folder: Path, label: int, items, init: str, seed: int, progress: bool) -> None:
+        import torch
+        from safetensors.torch import save_file
+
+        p = self.params
+        token = self.token(label)
+        noun = class_noun(self.classes_[label])
+        parts = load_components(self.folder_)
+        tokenizer, encoder = parts["tokenizer"], parts["text_encoder"]
+        if tokenizer.add_tokens(token) != 1:
+            raise ConfigError(f"augmenter {self.name!r}: placeholder token {token!r} is already a word of the "
+                              "tokenizer; choose a placeholder that is not, such as <{class}>.")
+        token_id = tokenizer.convert_tokens_to_ids(token)
+        init_ids = tokenizer(init, add_special_tokens=False).input_ids
+        if not init_ids:
+            raise ConfigError(f"augmenter {self.name!r}: initializer {init!r} has no tokens; give a word.")
+        encoder.resize_token_embeddings(len(tokenizer))
+        table = encoder.get_input_embeddings().weight
+        with torch.no_grad():
+            table[token_id] = table[init_ids].mean(0)
+        original = table.detach().clone()
+        table.requires_grad_(True)
+        keep = torch.ones(len(tokenizer), dtype=torch.bool)
+        keep[token_id] = False
+
+        def restore() -> None:
+            weight = encoder.get_input_embeddings().weight
+            weight[keep] = original[keep].to(weight.device, weight.dtype)
+
+        rng = np.random.default_rng([seed, label, 31337])
+        images = [it.load(p["resolution"]) for it in sample_items(p["sampler"], items, seed)]
+        # Each image gets a fixed template drawn once, so the data do not depend on the step count.
+        instance = [(im, fill(p["training_prompts"][rng.integers(len(p["training_prompts"]))], token=token,
+                              **{"class": noun})) for im in images]
+        warn_cpu(self.device_, f"{self.name} training")
+        info = train_model(parts, instance, prior=None, prior_weight=0.0, steps=auto_steps(p, len(instance)),
+                           lr=p["learning_rate"], device=self.device_, precision=p["precision"],
+                           memory_savers=p["memory_savers"], seed=index_seed(seed, label, 0, "train"),
+                           resolution=p["resolution"], desc=f"{self.name} {self.classes_[label]}", progress=progress,
+                           batch_size=p["train_batch_size"], after_step=restore)
+        vector = encoder.get_input_embeddings().weight[token_id].detach().float().cpu().clone()
+        save_atomic(folder, lambda tmp: save_file({token: vector}, str(tmp / "learned_embeds.safetensors")),
+                    {"token": token, "initializer": init, "class": self.classes_[label], "training": info,
+                     "augmenter": self.name, "params": self.fit_signature()})
+        del parts, encoder, table, original
+        release()
+
+    def _pipe_with(self, label: int):
+        import torch
+        from safetensors.torch import load_file
+
+        if self.pipe_ is None:
+            warn_cpu(self.device_, f"{self.name} generation")
+            self.pipe_ = generation_pipeline(self.folder_, self.device_, self.params["precision"])
+            self.first_ = True
+        pipe, token = self.pipe_, self.token(label)
+        if token not in pipe.tokenizer.get_vocab():
+            vector = load_file(str(self.embeds_[label] / "learned_embeds.safetensors"))[token]
+            pipe.tokenizer.add_tokens(token)
+            pipe.text_encoder.resize_token_embeddings(len(pipe.tokenizer))
+            weight = pipe.text_encoder.get_input_embeddings().weight
+            with torch.no_grad():
+                weight[pipe.tokenizer.convert_tokens_to_ids(token)] = vector.to(weight.device, weight.dtype)
+        return pipe
+
+    def generate(self, label: int, indices: Sequence[int], sources: Sequence, seed: int) -> list[np.ndarray]:
+        p = self.params
+        pipe = self._pipe_with(label)
+        prompt = fill(p["prompt"], token=self.token(label), **{"class": class_noun(self.classes_[label])})
+
+        def timer(per_image: float, remaining: int) -> None:
+            if self.first_:
+                self.first_ = False
+                estimate(self.device_, self.name, per_image, remaining, "image")
+
+        return run_pipeline(pipe, [prompt] * len(indices), [index_seed(seed, label, k) for k in indices],
+                            batch_size=p["batch_size"], negative_prompt=p["negative_prompt"],
+                            num_inference_steps=p["steps"], guidance_scale=p["guidance_scale"],
+                            height=p["resolution"], width=p["resolution"], timer=timer)
+
+    def close(self) -> None:
+        self.pipe_ = None
+        release()

@@ -1,0 +1,60 @@
+"""A tiny seeded Stable Diffusion pipeline built from the SD 1.5 configs in ../shared, shrunk so that
+fine-tuning and generation run on a CPU in seconds (the diffusers test suite's get_dummy_components
+idea): the same component classes, the real CLIP tokenizer and the real scheduler config.
+
+Import the ``tiny_sd`` fixture into a test module (``from tests.sd_fixture import tiny_sd``) or
+call ``build_tiny_sd(folder)`` (the benchmark's --tiny mode does).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+CONFIG = Path(__file__).resolve().parents[2] / "shared" / "models" / "sd15-config"
+TINY_PX = 32  # image size; the two-level VAE below halves it for the latents
+
+
+def build_tiny_sd(folder: Path, config: Path = CONFIG, seed: int = 0) -> Path:
+    import torch
+    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    unet_cfg = json.loads((config / "unet" / "config.json").read_text())
+    vae_cfg = json.loads((config / "vae" / "config.json").read_text())
+    text_cfg = json.loads((config / "text_encoder" / "config.json").read_text())
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=TINY_PX // 2, in_channels=unet_cfg["in_channels"], out_channels=unet_cfg["out_channels"],
+        block_out_channels=(32, 64), layers_per_block=1, attention_head_dim=8, norm_num_groups=32,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32, act_fn=unet_cfg["act_fn"], flip_sin_to_cos=unet_cfg["flip_sin_to_cos"],
+        freq_shift=unet_cfg["freq_shift"])
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKL(
+        block_out_channels=(32, 64), in_channels=3, out_channels=3, latent_channels=vae_cfg["latent_channels"],
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        layers_per_block=1, norm_num_groups=32, sample_size=TINY_PX)
+    tokenizer = CLIPTokenizer.from_pretrained(config / "tokenizer")
+    torch.manual_seed(seed + 2)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, projection_dim=32,
+        vocab_size=len(tokenizer), max_position_embeddings=text_cfg["max_position_embeddings"],
+        hidden_act=text_cfg["hidden_act"], bos_token_id=text_cfg["bos_token_id"],
+        eos_token_id=text_cfg["eos_token_id"], pad_token_id=text_cfg["pad_token_id"]))
+    scheduler = PNDMScheduler.from_pretrained(config / "scheduler")
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_sd(tmp_path_factory) -> Path:
+    if not (CONFIG / "unet" / "config.json").is_file():
+        pytest.fail(f"the SD 1.5 configs are missing ({CONFIG}); the Stable Diffusion tests build their tiny model "
+                    "from them")
+    return build_tiny_sd(tmp_path_factory.mktemp("tiny-sd") / "model")
