@@ -23,7 +23,7 @@ import numpy as np
 from automl import __version__
 from automl.data import Dataset
 from automl.embed import EmbedResult, embed_items
-from automl.errors import AutomlError
+from automl.errors import AutomlError, ConfigError
 from automl.extract import (DEFAULT_IMAGE_SIZE, EXTRACTORS, build_extractor, canonical_extractor, extractor_key,
                             parse_weights)
 from automl.store import Store
@@ -69,48 +69,106 @@ class FitResult:
     leaderboard: list[dict]
     embeddings: list[EmbedResult] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # warnings worth showing the user
+    baseline: "FitResult | None" = None  # with --augment: the original-data run it is compared with
 
 
 def fit(recipe, *, progress: bool = True) -> FitResult:
     """Split, embed the training images, search, refit the best, evaluate the test split once, save.
 
-    ``recipe`` is an ``automl.recipe.Recipe``. An interrupted fit leaves no run behind; rerunning it
-    reuses the cached embeddings and resumes the Optuna study.
+    ``recipe`` is an ``automl.recipe.Recipe``. With one ``augment`` variant, the original-data
+    baseline is fitted first with the same split, budget and seed, and the augmented run is returned
+    with ``baseline`` set. An interrupted fit leaves no run behind; rerunning it reuses the cached
+    embeddings, generated images and fitted generators, and resumes the Optuna study.
     """
+    variants = list(recipe.augment or [])
+    if len(variants) > 1:
+        raise ConfigError(f"fit takes one augmentation variant; the recipe has {len(variants)} "
+                          f"({', '.join(v.describe() for v in variants)}). Use `automl compare` to compare several.")
+    results = fit_variants(recipe, variants, progress=progress)
+    if not variants:
+        return results[0]
+    results[1].baseline = results[0]
+    return results[1]
+
+
+def fit_variants(recipe, variants: Sequence, *, progress: bool = True) -> list[FitResult]:
+    """The original-data baseline, then one run per augmentation variant: the same test split, folds
+    drawn over the same real images, the same search budget and seed."""
     from automl.data import load_dataset, split_test
-    from automl.evaluate import full_proba, evaluation_report
+
+    dataset = split_test(load_dataset(recipe.data, skip_bad=recipe.skip_bad),
+                         test_fraction=recipe.test_fraction, seed=recipe.seed)
+    store = Store(recipe.store)
+    notes = dataset_notes(dataset)
+    if variants:
+        from automl.augment import build_augmenter
+        from automl.augment.generate import plan
+
+        train = [it for it in dataset.items if it.split != "test"]
+        for spec in variants:  # a bad plan or a missing package fails here, before any work
+            plan(train, dataset.classes, spec, recipe.seed)
+            build_augmenter(spec.type, spec.params)
+    baseline = _fit_one(recipe.model_copy(update={"augment": None}), dataset, store, None, list(notes), progress)
+    out = [baseline]
+    for spec in variants:
+        out.append(_fit_one(recipe.model_copy(update={"augment": [spec]}), dataset, store, spec, list(notes),
+                            progress, baseline_id=baseline.run_id))
+    return out
+
+
+def _fit_one(recipe, dataset: Dataset, store: Store, spec, notes: list[str], progress: bool,
+             baseline_id: str | None = None) -> FitResult:
+    from automl.evaluate import evaluation_report, full_proba
     from automl.runs import ModelBundle, new_run_id, write_run
-    from automl.search import candidate_of, leaderboard, run_search, study_name
+    from automl.search import SyntheticRows, candidate_of, leaderboard, run_search, study_name
 
     # The recipe has validated every name and value (metric, heads, extractors) already.
     metric, heads = recipe.metric, list(recipe.heads)
-    dataset = split_test(load_dataset(recipe.data, skip_bad=recipe.skip_bad),
-                         test_fraction=recipe.test_fraction, seed=recipe.seed)
-    notes = dataset_notes(dataset)
-    store = Store(recipe.store)
     names = [canonical_extractor(n) for n in recipe.extractors]
     opts = dict(weights=recipe.weights, image_size=recipe.image_size, precision=recipe.precision, seed=recipe.seed)
     keys = {n: extractor_key(n, **opts) for n in names}
 
-    # The training split (val folded in: cross-validation replaces it) is all the search sees.
+    # The training split (val folded in: cross-validation replaces it) is all the search and any
+    # augmenter see; the test split is touched once, at the end.
     train = [it for it in dataset.items if it.split != "test"]
     test = dataset.split("test")
+    synthetic = None
+    if spec is not None:
+        from automl.augment.generate import augment
+
+        store.ensure()
+        synthetic = augment(train, dataset.classes, spec, generated_dir=store.generated_dir,
+                            generators_dir=store.generators_dir, seed=recipe.seed, progress=progress)
+        train = synthetic.real + synthetic.items
     embedded = {n: _embed(train, n, keys[n], store, opts, recipe, progress) for n in names}
     kept = sorted(set.intersection(*(set(r.kept) for r in embedded.values())))
     features = {n: _rows(r, kept) for n, r in embedded.items()}
     y = np.array([train[i].label for i in kept])
+    # Identical images share a group, so no fold validates on a copy of one of its training images.
+    group_of: dict[str, int] = {}
+    groups = np.array([group_of.setdefault(train[i].fingerprint, len(group_of)) for i in kept])
+    rows = None
+    if synthetic is not None:
+        n_real = len(synthetic.real)
+        syn_rows = [row for row, i in enumerate(kept) if i >= n_real]
+        sources = [synthetic.sources[kept[row] - n_real] for row in syn_rows]
+        rows = SyntheticRows(tuple(syn_rows), tuple(tuple(group_of[fp] for fp in fps if fp in group_of)
+                                                    for fps in sources),
+                             train_real=synthetic.train_on_real)
 
     store.ensure()  # SQLite needs the folder
     storage = recipe.storage or store.optuna_url
-    name = study_name(_fingerprint(train, kept), [keys[n].slug() for n in names], heads, metric, recipe.cv,
-                      recipe.seed)
+    name = study_name(_fingerprint(train, kept, synthetic), [keys[n].slug() for n in names], heads, metric,
+                      recipe.cv, recipe.seed)
     study = run_search(features, y, heads=heads, metric=metric, cv=recipe.cv, seed=recipe.seed, storage=storage,
-                       name=name, n_trials=recipe.trials, timeout=recipe.timeout, progress=progress)
+                       name=name, n_trials=recipe.trials, timeout=recipe.timeout, groups=groups, synthetic=rows,
+                       progress=progress)
     best = _best_trial(study)
     candidate = candidate_of(best)
+    fit_rows = np.arange(len(y)) if rows is None or rows.train_real else np.array(rows.rows)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        head = candidate.build(recipe.seed).fit(features[candidate.extractor], y)
+        head = candidate.build(recipe.seed).fit(features[candidate.extractor][fit_rows], y[fit_rows])
     notes += [f"refitting {candidate.describe()}: {w.message}" for w in caught
               if issubclass(w.category, (UserWarning, RuntimeWarning))]
 
@@ -135,6 +193,10 @@ def fit(recipe, *, progress: bool = True) -> FitResult:
         "metric": metric,
         "cv": recipe.cv,
         "seed": recipe.seed,
+        "augment": None if synthetic is None else synthetic.record,
+        "baseline_run": baseline_id,
+        "train_images": {"real": int(len(y) - (0 if rows is None else len(rows.rows))),
+                         "synthetic": 0 if rows is None else len(rows.rows), "fitted_on": int(len(fit_rows))},
         "best": {"pipeline": candidate.describe(), "extractor": candidate.extractor, "head": candidate.head,
                  "params": candidate.params, "cv_score": best.value, "trial": best.number,
                  "fold_scores": best.user_attrs.get("fold_scores")},
@@ -150,7 +212,7 @@ def fit(recipe, *, progress: bool = True) -> FitResult:
                          candidate.head, head, dataset.classes, __version__, source=candidate.extractor)
     from automl.recipe import recipe_to_yaml
 
-    run_dir = write_run(store.runs_dir, run_id, {
+    files = {
         "run.json": lambda p: p.write_text(json.dumps(record, indent=2, default=_json_default)),
         "recipe.yaml": lambda p: p.write_text(recipe_to_yaml(recipe)),
         "split.json": lambda p: p.write_text(json.dumps(dataset.split_record(), indent=1)),
@@ -158,7 +220,12 @@ def fit(recipe, *, progress: bool = True) -> FitResult:
         "leaderboard.json": lambda p: p.write_text(json.dumps(board, indent=2, default=_json_default)),
         "predictions.csv": lambda p: _write_predictions(p, test_items, proba, dataset.classes),
         "model.joblib": bundle.save,
-    })
+    }
+    if synthetic is not None:
+        from automl.augment.generate import sample_grid
+
+        files["samples.png"] = lambda p: sample_grid(synthetic.items, dataset.classes, p)
+    run_dir = write_run(store.runs_dir, run_id, files)
     return FitResult(run_id, run_dir, record, board, list(embedded.values()) + [test_result], notes)
 
 
@@ -173,8 +240,13 @@ def _rows(result: EmbedResult, kept: list[int]) -> np.ndarray:
     return result.embeddings[[position[i] for i in kept]]
 
 
-def _fingerprint(items, kept: list[int]) -> str:
+def _fingerprint(items, kept: list[int], synthetic=None) -> str:
+    """What the search's data is: every row's image and label, which rows are synthetic and how they
+    mix, and the fold scheme (v2: identical images grouped), so a changed scheme never resumes an old study."""
     h = hashlib.blake2b(digest_size=12)
+    h.update(b"folds:v2;")
+    if synthetic is not None:
+        h.update(f"mix:{synthetic.record['mix']};real:{len(synthetic.real)};".encode())
     for i in kept:
         h.update(f"{items[i].fingerprint}:{items[i].label};".encode())
     return h.hexdigest()

@@ -49,24 +49,59 @@ def _short(v) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
-def cv_splits(y: np.ndarray, cv: int, seed: int, groups: np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+def cv_splits(y: np.ndarray, cv: int, seed: int, groups: np.ndarray | None = None, *,
+              synthetic: "SyntheticRows | None" = None) -> list[tuple[np.ndarray, np.ndarray]]:
     """Stratified folds, fixed once per search so every trial is scored on the same folds.
-    With ``groups``, images of one group never straddle a fold boundary."""
+
+    With ``groups``, images of one group never straddle a fold boundary. With ``synthetic``, the
+    rows it names are synthetic: folds are drawn over the real rows only, validation sides hold
+    real rows only, and a synthetic row joins a fold's training side only when none of its source
+    groups is on that fold's validation side (so no fold scores a near-copy of its own training
+    image); ``synthetic.train_real=False`` leaves the real rows out of every training side.
+    """
     from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
-    counts = np.bincount(y)
+    real = np.ones(len(y), bool) if synthetic is None else ~synthetic.mask(len(y))
+    real_rows = np.flatnonzero(real)
+    y_real = y[real_rows]
+    counts = np.bincount(y_real)
     if counts[counts > 0].min() < cv:
         from automl.errors import DataError
 
         raise DataError(
-            f"{cv}-fold cross-validation needs at least {cv} training images per class; the smallest class "
+            f"{cv}-fold cross-validation needs at least {cv} real training images per class; the smallest class "
             f"has {counts[counts > 0].min()}. Lower --cv or add images."
         )
     if groups is None:
         splitter = StratifiedKFold(n_splits=cv, shuffle=True, random_state=seed)
-        return list(splitter.split(np.zeros(len(y)), y))
-    splitter = StratifiedGroupKFold(n_splits=cv, shuffle=True, random_state=seed)
-    return list(splitter.split(np.zeros(len(y)), y, groups))
+        folds = list(splitter.split(np.zeros(len(y_real)), y_real))
+    else:
+        splitter = StratifiedGroupKFold(n_splits=cv, shuffle=True, random_state=seed)
+        folds = list(splitter.split(np.zeros(len(y_real)), y_real, np.asarray(groups)[real_rows]))
+    folds = [(real_rows[tr], real_rows[va]) for tr, va in folds]
+    if synthetic is None:
+        return folds
+    out = []
+    for tr, va in folds:
+        held_out = set(np.asarray(groups)[va].tolist()) if groups is not None else set(va.tolist())
+        extra = [row for row, sources in zip(synthetic.rows, synthetic.sources) if not held_out & set(sources)]
+        train_side = np.concatenate([tr if synthetic.train_real else tr[:0], np.asarray(extra, dtype=tr.dtype)])
+        out.append((np.sort(train_side), va))
+    return out
+
+
+@dataclass(frozen=True)
+class SyntheticRows:
+    """Which rows of a search's data are synthetic, and the groups of the real rows each was made from."""
+
+    rows: tuple[int, ...]
+    sources: tuple[tuple, ...]  # per synthetic row: group ids (of ``groups``) of its source images
+    train_real: bool = True  # False: "synthetic-only", training sides hold synthetic rows alone
+
+    def mask(self, n: int) -> np.ndarray:
+        out = np.zeros(n, bool)
+        out[list(self.rows)] = True
+        return out
 
 
 def study_name(fingerprint: str, extractors: Sequence[str], heads: Sequence[str], metric: str, cv: int,
@@ -89,12 +124,14 @@ def run_search(
     n_trials: int | None,
     timeout: float | None,
     groups: np.ndarray | None = None,
+    synthetic: SyntheticRows | None = None,
     progress: bool = True,
     cv_seed: int | None = None,
 ):
     """Run (or resume) the study; returns it. ``features`` maps extractor name -> (n, dim) rows
     aligned with ``y``; ``n_trials`` counts finished trials, earlier runs of this study included.
-    ``seed`` seeds the sampler and the heads, ``cv_seed`` (default: ``seed``) the fold split."""
+    ``seed`` seeds the sampler and the heads, ``cv_seed`` (default: ``seed``) the fold split;
+    ``groups`` and ``synthetic`` shape the folds (``cv_splits``)."""
     import optuna
 
     from automl.heads import HEADS
@@ -102,7 +139,7 @@ def run_search(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     extractors = list(features)
     heads = list(heads)
-    folds = cv_splits(y, cv, seed if cv_seed is None else cv_seed, groups)
+    folds = cv_splits(y, cv, seed if cv_seed is None else cv_seed, groups, synthetic=synthetic)
     n_classes = int(y.max()) + 1
     with warnings.catch_warnings():
         # multivariate/group TPE is marked experimental, and is what a conditional space (each

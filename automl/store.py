@@ -6,6 +6,7 @@ Layout (created lazily; see docs/store.md)::
       store.json                  format version
       embeddings/<extractor-key>/ key.json + shard-*.npz   (automl.cache)
       runs/<run-id>/              recipe, split, metrics, model bundle       (automl fit)
+      comparisons/<id>/           comparison.json + table.txt                 (automl compare)
       optuna.db                   Optuna studies (SQLite)                     (automl fit)
       generated/<augmenter-key>/  synthetic images + provenance               (--augment)
       generators/<key>/           fine-tuned generators and adapters          (sd-*)
@@ -44,6 +45,10 @@ class Store:
     @property
     def runs_dir(self) -> Path:
         return self.root / "runs"
+
+    @property
+    def comparisons_dir(self) -> Path:
+        return self.root / "comparisons"
 
     @property
     def generated_dir(self) -> Path:

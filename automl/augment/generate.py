@@ -66,11 +66,8 @@ def augment(train: Sequence[Item], classes: Sequence[str], spec: AugmentSpec, *,
         raise DataError(f"augmenters see the training split only; got {len(outside)} image(s) from split "
                         f"{outside[0].split!r} (e.g. {outside[0].path}).")
     augmenter = augmenter or build_augmenter(spec.type, spec.params)
-    labels = [it.label for it in train]
-    original = np.bincount(labels, minlength=len(classes)).tolist()
-    real = [train[i] for i in reduce_real(labels, spec.real_fraction, seed)]
+    real, counts = plan(train, classes, spec, seed)
     sizes = np.bincount([it.label for it in real], minlength=len(classes)).tolist()
-    counts = plan_counts(spec, sizes, classes, original)
 
     key = key_of(augmenter.name, augmenter.params, real, seed)
     out_dir = Path(generated_dir) / key
@@ -133,6 +130,16 @@ def augment(train: Sequence[Item], classes: Sequence[str], spec: AugmentSpec, *,
         "seed": seed,
     }
     return Synthetic(real, items, sources, record)
+
+
+def plan(train: Sequence[Item], classes: Sequence[str], spec: AugmentSpec, seed: int) -> tuple[list[Item], dict[int, int]]:
+    """The real images kept and the synthetic images to make per class; cheap, so a fit checks every
+    variant's plan before any work."""
+    labels = [it.label for it in train]
+    original = np.bincount(labels, minlength=len(classes)).tolist()
+    real = [train[i] for i in reduce_real(labels, spec.real_fraction, seed)]
+    sizes = np.bincount([it.label for it in real], minlength=len(classes)).tolist()
+    return real, plan_counts(spec, sizes, classes, original)
 
 
 def _source_order(members: list[Item], label: int, seed: int) -> list[Item]:

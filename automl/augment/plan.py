@@ -22,7 +22,7 @@ from collections import Counter
 from typing import Any, Literal, Optional, Sequence, Union
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from automl.errors import ConfigError
 from automl.registry import canonical
@@ -64,16 +64,28 @@ class AugmentSpec(BaseModel):
     def _ratio(cls, value: Any) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
-        if isinstance(value, float) and value <= 0:
-            raise ValueError(f"ratio must be > 0 (1.0 doubles each chosen class) or one of balance, full; got {value}")
+        if not (isinstance(value, float) and value > 0 or value in RATIO_WORDS):
+            raise ValueError(f"ratio must be a number > 0 (1.0 doubles each chosen class), balance or full; "
+                             f"got {value!r}")
         return value
 
-    @field_validator("classes")
+    @field_validator("classes", mode="before")
     @classmethod
     def _classes(cls, value: Any) -> Any:
-        if isinstance(value, list) and not value:
-            raise ValueError("classes is an empty list; name at least one class, or use minority / all")
+        if isinstance(value, str) and value not in CLASS_WORDS:
+            value = [part.strip() for part in value.split(",") if part.strip()]  # "a,b" as on the CLI
+        if isinstance(value, (list, tuple)):
+            if not value or not all(isinstance(v, str) for v in value):
+                raise ValueError(f"classes must be minority, all, or a non-empty list of class names; got {value!r}")
+            return list(value)
+        if value not in CLASS_WORDS:
+            raise ValueError(f"classes must be minority, all, or a list of class names; got {value!r}")
         return value
+
+    @model_validator(mode="after")
+    def _params(self) -> "AugmentSpec":
+        self.validate_params()
+        return self
 
     def validate_params(self) -> None:
         """Build the augmenter once to check its parameters (no packages needed)."""
@@ -111,7 +123,7 @@ def chosen_classes(spec: AugmentSpec, sizes: Sequence[int], classes: Sequence[st
                           f"are {', '.join(classes)}. Fix: use those names, or minority / all.")
     dupes = sorted({n for n in spec.classes if spec.classes.count(n) > 1})
     if dupes:
-        raise ConfigError(f"augment classes: {', '.join(dupes)} listed more than once; name each class once.")
+        raise ConfigError(f"augment classes: {', '.join(dupes)} listed more than once. Fix: name each class once.")
     return sorted(classes.index(name) for name in spec.classes)
 
 

@@ -1,0 +1,217 @@
+"""``automl compare``: does augmentation help? The baseline and every variant over N seeds, one table.
+
+Each repeat is one seed: it seeds the search (sampler, heads, folds), every augmenter, and the test
+split when the data has none. Within a repeat the baseline and the variants share the split, the
+folds' real images, the budget and the seed (``pipeline.fit_variants``), so the comparison is
+paired: for every metric, the difference variant - baseline per seed, its mean with a 95 %
+bootstrap interval, and a two-sided Wilcoxon signed-rank p-value. The verdict reads the recipe's
+metric on the test split: "helps" or "hurts" when the interval excludes 0 and p < 0.05, else "no
+significant difference". Wilcoxon's exact p cannot go below 2 / 2^N, so with N < 6 repeats no
+difference can be significant; the table says so instead of pretending.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+ALPHA = 0.05
+BOOTSTRAP = 10_000
+# (column label, key of a run's "test" record)
+METRIC_COLUMNS = (("accuracy", "accuracy"), ("precision", "precision_macro"), ("recall", "recall_macro"),
+                  ("F1", "f1_macro"), ("AUROC", "auroc"))
+# The recipe's search metric -> the test metric its verdict reads.
+VERDICT_METRIC = {"macro-f1": "f1_macro", "accuracy": "accuracy", "balanced-accuracy": "balanced_accuracy",
+                  "roc-auc": "auroc"}
+
+
+@dataclass
+class Comparison:
+    id: str
+    folder: Path | None
+    record: dict  # what comparison.json holds
+    text: str  # the printed tables
+
+
+def compare(recipe, *, progress: bool = True) -> Comparison:
+    """Fit the baseline and each of ``recipe.augment``'s variants for ``recipe.repeats`` seeds; save and
+    return the comparison."""
+    from automl.errors import ConfigError
+    from automl.pipeline import fit_variants
+    from automl.runs import new_run_id, write_run
+    from automl.store import Store
+
+    variants = list(recipe.augment or [])
+    if not variants:
+        raise ConfigError("compare needs at least one augmentation variant: pass --augment NAME[,NAME...] or "
+                          "give the recipe an `augment:` entry.")
+    labels = ["original"] + [v.describe() for v in variants]
+    if len(set(labels)) != len(labels):
+        raise ConfigError(f"two variants have the same name ({', '.join(labels[1:])}); give them distinct "
+                          "`label:` values in the recipe.")
+    seeds = [recipe.seed + r for r in range(recipe.repeats)]
+    runs: dict[str, list[dict]] = {label: [] for label in labels}
+    t0 = time.perf_counter()
+    bar = tqdm(seeds, desc="compare", unit="repeat", disable=not progress, dynamic_ncols=True)
+    for seed in bar:
+        bar.set_postfix_str(f"seed {seed}")
+        results = fit_variants(recipe.model_copy(update={"seed": seed}), variants, progress=progress)
+        for label, result in zip(labels, results):
+            runs[label].append({"seed": seed, "run": result.run_id, "test": result.record["test"],
+                                "cv": result.record["best"]["cv_score"], "best": result.record["best"]["pipeline"],
+                                "augment": result.record["augment"]})
+    bar.close()
+    record = summarize(runs, labels, VERDICT_METRIC[recipe.metric], seed=recipe.seed)
+    record.update({"data": recipe.data, "metric": recipe.metric, "repeats": recipe.repeats, "seeds": seeds,
+                   "seconds": round(time.perf_counter() - t0, 1),
+                   "recipe": recipe.model_dump(mode="json")})
+    text = render(record)
+    store = Store(recipe.store)
+    store.ensure()
+    cid = new_run_id()
+    folder = write_run(store.comparisons_dir, cid, {
+        "comparison.json": lambda p: p.write_text(json.dumps(record, indent=2, default=_nan_to_none)),
+        "table.txt": lambda p: p.write_text(text + "\n"),
+    })
+    record["id"] = cid
+    return Comparison(cid, folder, record, text)
+
+
+def summarize(runs: dict[str, list[dict]], labels: list[str], verdict_key: str, *, seed: int = 0) -> dict:
+    """Per variant and metric: median and a 95 % bootstrap interval of the median; per variant vs the
+    baseline: paired differences, their mean's bootstrap interval, Wilcoxon p, and the verdict."""
+    keys = [key for _, key in METRIC_COLUMNS]
+    if verdict_key not in keys:
+        keys.append(verdict_key)
+    rng = np.random.default_rng([seed, 2718])
+    base = runs[labels[0]]
+    table = {}
+    for label in labels:
+        rows = runs[label]
+        metrics = {}
+        for key in keys:
+            values = np.array([_num(r["test"][key]) for r in rows])
+            metrics[key] = {"values": [None if math.isnan(v) else v for v in values.tolist()],
+                            "median": _nanmedian(values), "interval": bootstrap_interval(values, np.median, rng)}
+        entry = {"metrics": metrics, "runs": [r["run"] for r in rows], "best": [r["best"] for r in rows]}
+        if label != labels[0]:
+            entry["paired"] = {}
+            for key in keys:
+                diff = np.array([_num(r["test"][key]) - _num(b["test"][key]) for r, b in zip(rows, base)])
+                entry["paired"][key] = paired_test(diff, rng)
+            entry["verdict"] = verdict(entry["paired"][verdict_key])
+        table[label] = entry
+    return {"variants": labels, "verdict_metric": verdict_key, "table": table,
+            "min_p": min_wilcoxon_p(len(base))}
+
+
+def bootstrap_interval(values: np.ndarray, stat, rng, level: float = 0.95) -> list[float | None]:
+    values = values[~np.isnan(values)]
+    if len(values) == 0:
+        return [None, None]
+    if len(values) == 1:
+        return [float(values[0])] * 2
+    draws = rng.choice(values, size=(BOOTSTRAP, len(values)), replace=True)
+    stats = stat(draws, axis=1)
+    lo, hi = np.quantile(stats, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return [float(lo), float(hi)]
+
+
+def paired_test(diff: np.ndarray, rng) -> dict:
+    """Mean paired difference, its 95 % bootstrap interval and the two-sided Wilcoxon signed-rank p."""
+    diff = diff[~np.isnan(diff)]
+    out = {"n": int(len(diff)), "mean": float(diff.mean()) if len(diff) else None,
+           "interval": bootstrap_interval(diff, np.mean, rng), "p": None}
+    if len(diff) == 0:
+        return out
+    if np.allclose(diff, 0):
+        out["p"] = 1.0  # identical scores in every repeat: no evidence of any difference
+        return out
+    from scipy.stats import wilcoxon
+
+    out["p"] = float(wilcoxon(diff, zero_method="zsplit", alternative="two-sided").pvalue)
+    return out
+
+
+def verdict(paired: dict, alpha: float = ALPHA) -> str:
+    lo, hi = paired["interval"]
+    p = paired["p"]
+    if p is None or lo is None:
+        return "undefined (metric missing)"
+    if p < alpha and lo > 0:
+        return "helps"
+    if p < alpha and hi < 0:
+        return "hurts"
+    if min_wilcoxon_p(paired["n"]) >= alpha:
+        return f"no significant difference ({paired['n']} repeats cannot reach p < {alpha:g}; use >= 6)"
+    return "no significant difference"
+
+
+def min_wilcoxon_p(n: int) -> float:
+    """The smallest two-sided exact Wilcoxon signed-rank p-value with n non-zero pairs."""
+    return 1.0 if n == 0 else min(1.0, 2.0 / 2 ** n)
+
+
+def render(record: dict) -> str:
+    from automl.report import table
+
+    labels = record["variants"]
+    head = ["variant"] + [name for name, _ in METRIC_COLUMNS]
+    rows = []
+    for label in labels:
+        metrics = record["table"][label]["metrics"]
+        rows.append([label] + [_median_cell(metrics[key]) for _, key in METRIC_COLUMNS])
+    lines = [f"test split, {record['repeats']} repeat(s) (seeds {', '.join(map(str, record['seeds']))}): "
+             "median [95 % bootstrap interval of the median]", table(head, rows), ""]
+    key = record["verdict_metric"]
+    vhead = ["variant vs original"] + [f"Δ {name}" for name, _ in METRIC_COLUMNS] + [f"p ({_label(key)})", "verdict"]
+    vrows = []
+    for label in labels[1:]:
+        entry = record["table"][label]
+        p = entry["paired"][key]["p"]
+        vrows.append([label] + [_diff_cell(entry["paired"][k]) for _, k in METRIC_COLUMNS]
+                     + ["n/a" if p is None else f"{p:.3g}", entry["verdict"]])
+    lines += ["paired difference vs original over the same seeds: mean [95 % bootstrap interval]; "
+              f"Wilcoxon signed-rank, two-sided; verdict on test {_label(key)}", table(vhead, vrows)]
+    return "\n".join(lines)
+
+
+def _label(key: str) -> str:
+    return {k: name for name, k in METRIC_COLUMNS}.get(key, key)
+
+
+def _median_cell(m: dict) -> str:
+    if m["median"] is None:
+        return "n/a"
+    lo, hi = m["interval"]
+    return f"{m['median']:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def _diff_cell(p: dict) -> str:
+    if p["mean"] is None:
+        return "n/a"
+    lo, hi = p["interval"]
+    return f"{p['mean']:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+
+
+def _num(value) -> float:
+    return float("nan") if value is None else float(value)
+
+
+def _nanmedian(values: np.ndarray) -> float | None:
+    values = values[~np.isnan(values)]
+    return float(np.median(values)) if len(values) else None
+
+
+def _nan_to_none(v):
+    if isinstance(v, float) and math.isnan(v):
+        return None
+    if isinstance(v, (np.floating, np.integer)):
+        return v.item()
+    raise TypeError(f"not JSON serialisable: {type(v).__name__}")
