@@ -12,7 +12,7 @@ import importlib
 from automl.augment.base import AUGMENTERS, Augmenter, build_augmenter, register
 
 # One module per augmenter family; importing it registers its names.
-_MODULES = ()
+_MODULES = ("conventional", "dcgan", "sd_img2img", "sd_dreambooth", "sd_textual_inversion")
 
 for _name in _MODULES:
     importlib.import_module(f"automl.augment.{_name}")
