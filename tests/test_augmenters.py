@@ -21,6 +21,17 @@ from conftest import ROOT, class_folders
 TINY_GAN = {"epochs": 2, "batch_size": 4, "width": 4, "output_size": 40}
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """The networks here are tiny: one thread is faster, and far faster when other jobs share the cores."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def small(tmp_path):
     return load_dataset(class_folders(tmp_path / "data", {"big": 6, "small": 3}, size=(20, 16)))
@@ -189,7 +200,10 @@ def test_dcgan_resumes_a_killed_fit_and_never_trusts_a_partial(small, tmp_path, 
     assert not list(folder.glob(".tmp-*"))
 
     monkeypatch.setattr(dcgan, "_save_checkpoint", saved)
+    stale = folder / ".tmp-999999999-0-generator.pt"  # what a writer killed mid-write leaves (no such pid)
+    stale.write_bytes(b"half")
     resumed = fit(tmp_path / "b")
+    assert not stale.exists()
     assert resumed.trained_ == {1: "resumed"}
     assert json.loads((folder / "training.json").read_text())["resumed_from_epoch"] == 1
     assert not (folder / "checkpoint.pt").exists()

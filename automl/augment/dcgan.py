@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from automl.augment.base import Augmenter, check_range, register
 from automl.augment.conventional import image_seed
-from automl.cache import atomic_write
+from automl.cache import atomic_write, remove_stale_temporaries
 from automl.errors import ConfigError
 
 LATENT = 100
@@ -101,6 +101,8 @@ class DCGAN(Augmenter):
             self.output_sides_[label] = self.params["output_size"] or int(
                 statistics.median(max(it.width, it.height) for it in items))
             folder = Path(work_dir) / f"class-{label}"
+            if folder.is_dir():
+                remove_stale_temporaries(folder)  # half-written files of a killed fit
             config = {**self.fit_signature(), "side": side, "latent": LATENT, "format": FORMAT,
                       "images": len(items), "seed": seed, "label": label}
             generator = self._finished(folder, config, device)
@@ -110,6 +112,7 @@ class DCGAN(Augmenter):
                                             progress)
             else:
                 self.trained_[label] = "reused"
+                (folder / "checkpoint.pt").unlink(missing_ok=True)  # left if a fit died right after finishing
             self.generators_[label] = generator.eval()
 
     def _finished(self, folder: Path, config: dict, device):
@@ -357,7 +360,8 @@ def _save_grid(generator, path: Path, seed: int, label: int, device, rows: int =
 
 @contextlib.contextmanager
 def _threads():
-    """Use every CPU this process may run on while training, then give torch's global setting back."""
+    """Train on no more threads than the CPUs this process may use (torch counts the host's cores, which
+    a container's CPU limit can make too many), then give torch's global setting back."""
     import torch
 
     before = torch.get_num_threads()
@@ -365,7 +369,7 @@ def _threads():
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:
         cpus = os.cpu_count() or before
-    torch.set_num_threads(max(1, cpus))
+    torch.set_num_threads(max(1, min(before, cpus)))
     try:
         yield
     finally:
