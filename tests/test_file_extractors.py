@@ -162,3 +162,94 @@ def test_grayscale_png_through_mobilenet_matches_npz_pixels(shared, tmp_path):
     a = extractor(npz_item.load(224)[None])
     b = extractor(png_item.load(224)[None])
     np.testing.assert_array_equal(a, b)
+
+
+def test_savedmodel_folder_embeds_like_the_keras_file_it_was_exported_from(keras_file, tmp_path):
+    from automl.extract import canonical_extractor, import_keras
+
+    folder = tmp_path / "exported"
+    import_keras().models.load_model(keras_file).export(str(folder), verbose=False)
+    extractor = build_extractor(f"file:{folder}")
+    assert (extractor.image_size, extractor.dim) == (32, 16)
+    images = np.random.default_rng(1).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    np.testing.assert_allclose(extractor(images), build_extractor(f"file:{keras_file}")(images), rtol=1e-5, atol=1e-6)
+    key = extractor_key(f"file:{folder}")
+    assert key.extractor == "file:exported" and key.backend == "tensorflow"
+    assert canonical_extractor(f"file:{folder}") == f"file:{folder.resolve()}"
+    (folder / "fingerprint.pb").write_bytes(b"changed")  # any file of the folder is part of its identity
+    assert extractor_key(f"file:{folder}").weights != key.weights
+
+
+def test_folder_without_saved_model_is_refused(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="not a model file automl reads"):
+        extractor_key(f"file:{tmp_path / 'empty'}")
+
+
+def test_preprocessing_overrides_change_embeddings_and_cache_key(keras_file):
+    from automl.extract import canonical_extractor, import_keras
+
+    plain, custom = f"file:{keras_file}", f"file:{keras_file}?scale=0.5&mean=10&std=2:4:8&bgr=true"
+    images = np.random.default_rng(2).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    model = import_keras().models.load_model(keras_file)
+    fed = (images[..., ::-1].astype(np.float32) * 0.5 - 10) / np.array([2, 4, 8], np.float32)
+    expected = np.asarray(model.predict_on_batch(fed)).mean(axis=(1, 2))
+    out = build_extractor(custom)(images)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(out, build_extractor(plain)(images))
+    a, b = extractor_key(plain), extractor_key(custom)
+    assert b.extractor == "file:tiny.keras?scale=0.5&mean=10.0&std=2.0:4.0:8.0&bgr=true"
+    assert a.weights == b.weights and a.slug() != b.slug()
+    assert canonical_extractor(custom) == f"file:{keras_file.resolve()}?scale=0.5&mean=10.0&std=2.0:4.0:8.0&bgr=true"
+
+
+def test_quantized_tflite_overrides_are_quantized_with_the_models_own_scale(shared):
+    # MobileNet's uint8 input means pixel / 128 - 1 (scale 1/128, zero-point 128): overrides that say
+    # exactly that must reproduce the default mapping; others must not.
+    images = np.random.default_rng(3).integers(0, 256, (2, 224, 224, 3), dtype=np.uint8)
+    default = build_extractor(f"file:{shared / MOBILENET}")(images)
+    same = build_extractor(f"file:{shared / MOBILENET}?scale=0.0078125&mean=1")(images)
+    np.testing.assert_array_equal(same, default)
+    other = build_extractor(f"file:{shared / MOBILENET}?scale=0.00392156862745098")(images)
+    assert not np.allclose(other, default)
+
+
+@pytest.mark.parametrize("item, message", [
+    ("{file: m.keras, scale: -1}", "scale: expected a number > 0; found -1"),
+    ("{file: m.keras, scale: 0.5, sclae: 1}", "unknown option(s) 'sclae'"),
+    ("{file: m.keras, mean: [1, 2]}", "mean: expected one number or a list of 3"),
+    ("{file: m.keras, bgr: maybe}", "bgr: expected true or false"),
+    ("{scale: 0.5}", "file: expected the path of a model file"),
+    ("'file:m.keras?scale=abc'", "scale: expected a number > 0; found 'abc'"),
+    ("'file:m.keras?scale'", "option 'scale' is not key=value"),
+])
+def test_bad_preprocessing_overrides_in_recipes(tmp_path, item, message):
+    from automl.recipe import RecipeError, parse_recipe
+
+    with pytest.raises(RecipeError) as info:
+        parse_recipe(f"data: d\nextractors:\n  - xception\n  - {item}\n", base_dir=tmp_path)
+    assert "line 4: extractors[1]: " in str(info.value) and message in str(info.value), str(info.value)
+
+
+def test_recipe_mapping_with_overrides_fits_and_predicts_through_the_cli(keras_file, capsys, tmp_path):
+    from automl.recipe import load_recipe
+
+    data = class_folders(tmp_path / "data", {"a": 8, "b": 8}, size=(40, 40))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"data: data\nextractors:\n  - {{file: {keras_file}, scale: 0.5, mean: [1, 2, 3], bgr: true}}\n"
+                      "heads: [svc-rbf]\ntrials: 2\ncv: 2\ntest_fraction: 0.25\nstore: store\n")
+    name = f"file:{keras_file.resolve()}?scale=0.5&mean=1.0:2.0:3.0&bgr=true"
+    assert load_recipe(recipe).extractors == [name]
+    code, _, err = run_cli(capsys, "run", recipe, "--no-progress")
+    assert code == 0, err
+    run_dir, = (tmp_path / "store" / "runs").iterdir()
+    assert load_recipe(run_dir / "recipe.yaml").extractors == [name]  # the saved recipe reads back the same
+    assert json.loads((run_dir / "run.json").read_text())["extractor_key"]["extractor"] == \
+        "file:tiny.keras?scale=0.5&mean=1.0:2.0:3.0&bgr=true"
+    with open(run_dir / "predictions.csv") as f:
+        saved = {row["path"]: row for row in csv.DictReader(f)}
+    some = next(iter(saved))
+    code, out, err = run_cli(capsys, "predict", run_dir.name, some, "--json", "--store", tmp_path / "store",
+                             "--no-progress")
+    assert code == 0, err
+    assert json.loads(out)["class"] == saved[some]["predicted"]
