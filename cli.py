@@ -189,8 +189,8 @@ def fit(
     augment_param: Optional[List[str]] = typer.Option(None, "--augment-param", "-p", help=AUGMENT_PARAM_HELP),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
-    """Search extractors x heads by cross-validation on the training split, evaluate the test split once, save
-    the run. With --augment, also fit the original-data baseline and show both side by side."""
+    """Search extractors x heads by CV on the training split, evaluate the test split once, save the run;
+    with --augment, also the original-data baseline, side by side."""
     flags = dict(data=data, extractors=_split_names(extractors), heads=_split_names(heads), trials=trials,
                  timeout=timeout, metric=metric, cv=cv, weights=weights, image_size=image_size, precision=precision,
                  batch_size=batch_size, seed=seed, test_fraction=test_fraction, store=store, storage=storage,
@@ -314,8 +314,13 @@ def validate(recipe: Path = typer.Argument(..., help="A recipe YAML file.")) -> 
         for line in exc.problems:
             typer.echo(f"  {line}", err=True)
         raise typer.Exit(2)
+    augment = ""
+    if resolved.augment:
+        augment = f"; augment {', '.join(v.describe() for v in resolved.augment)}"
+        if len(resolved.augment) > 1:
+            augment += f" (automl compare, {resolved.repeats} repeats)"
     typer.echo(f"{recipe}: valid ({', '.join(resolved.extractors)} x {', '.join(resolved.heads)}; "
-               f"data {resolved.data})")
+               f"data {resolved.data}{augment})")
 
 
 @app.command()
@@ -359,8 +364,9 @@ def runs(store: Optional[Path] = typer.Option(None, help="Store folder.", envvar
     if not records:
         typer.echo(f"no runs in {runs_dir}")
         return
-    typer.echo(table(["run", "name", "data", "best pipeline", "cv", "test acc", "test F1", "test AUROC"], [
-        [r["id"], r.get("name") or "", _short_path(r["data"]), f"{r['best']['extractor']} + {r['best']['head']}",
+    typer.echo(table(["run", "name", "data", "augment", "best pipeline", "cv", "test acc", "test F1", "test AUROC"], [
+        [r["id"], r.get("name") or "", _short_path(r["data"]), (r.get("augment") or {}).get("variant", ""),
+         f"{r['best']['extractor']} + {r['best']['head']}",
          round(r["best"]["cv_score"], 4), round(r["test"]["accuracy"], 4), round(r["test"]["f1_macro"], 4),
          None if r["test"]["auroc"] is None else round(r["test"]["auroc"], 4)] for r in records]))
 
@@ -439,6 +445,7 @@ def _run_text(record: dict, report: dict, board: list[dict], folder: Path) -> st
         f"data   {record['data']} ({record['layout']}); classes {', '.join(record['classes'])}",
         f"split  {record['split']}; " + ", ".join(f"{s} {sum(c.values())}" for s, c in record["counts"].items()),
         f"search {trials}; {record['cv']}-fold CV {metric} on the training split; study {record['study']['name']}",
+        *_augment_lines(record),
         "",
         table(["rank", f"cv {metric}", "pipeline", "reference"],
               [[r["rank"], round(r["cv"], 4), r["pipeline"], r["reference"] or ""] for r in board]),
@@ -454,6 +461,15 @@ def _run_text(record: dict, report: dict, board: list[dict], folder: Path) -> st
         "confusion matrix (rows: true, columns: predicted): " + json.dumps(report["confusion_matrix"]),
     ]
     return "\n".join(lines)
+
+
+def _augment_lines(record: dict) -> list[str]:
+    aug = record.get("augment")
+    if not aug:
+        return []
+    made = ", ".join(f"{c} +{n}" for c, n in aug["synthetic_per_class"].items())
+    return [f"augment {aug['variant']} ({aug['mix']}): {made} synthetic images in {aug['folder']}; "
+            f"baseline run {record.get('baseline_run')}"]
 
 
 def _short_path(path: str, width: int = 40) -> str:
