@@ -309,7 +309,17 @@ def _backend_sees_gpu(backend: str) -> bool:
     if backend == "tensorflow":
         import tensorflow as tf
 
-        return bool(tf.config.list_physical_devices("GPU"))
+        gpus = tf.config.list_physical_devices("GPU")
+        # TensorFlow otherwise takes nearly all GPU memory at first use, and the torch generators
+        # of an augmented fit, which run after the baseline's embeddings, would find none left.
+        # Growth must be set before the GPU is initialised; if it already was (by the user's own
+        # code), their setting stands.
+        for device in gpus:
+            try:
+                tf.config.experimental.set_memory_growth(device, True)
+            except RuntimeError:
+                pass
+        return bool(gpus)
     if backend == "torch":
         import torch
 
