@@ -422,19 +422,20 @@ def _train(keras, models: _Models, settings: Settings, train: list[Item], val: l
         model.optimizer.learning_rate = lr
         order = np.random.default_rng([settings.seed, epoch]).permutation(len(train))
         steps = len(train) // batch  # drop the short last batch: one batch shape, one traced graph
-        model.reset_metrics()
-        logs = {}
+        losses, accuracies = [], []  # train_on_batch reports each batch alone: averaged here
         bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{settings.epochs}", unit="batch", disable=not progress,
                    leave=False, dynamic_ncols=True)
         try:
             for idx, x in _batches([train[i] for i in order[:steps * batch]], batch, size):
                 logs = model.train_on_batch(x, y_train[order[idx]], return_dict=True)
-                bar.set_postfix(loss=f"{float(logs['loss']):.4f}")
+                losses.append(float(logs["loss"]))
+                accuracies.append(float(logs["accuracy"]))
+                bar.set_postfix(loss=f"{np.mean(losses):.4f}")
                 bar.update(1)
         finally:
             bar.close()
         val_loss, val_acc = _evaluate(models.train, val, batch, size)
-        row = {"epoch": epoch + 1, "loss": float(logs["loss"]), "accuracy": float(logs["accuracy"]),
+        row = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "accuracy": float(np.mean(accuracies)),
                "val_loss": val_loss, "val_accuracy": val_acc, "learning_rate": lr,
                "seconds": round(time.perf_counter() - t0, 2)}
         history["epochs"].append(row)

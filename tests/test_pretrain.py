@@ -109,6 +109,10 @@ def test_pretrain_excludes_planted_test_images_and_fit_uses_it_by_name(data, tmp
     image = data / "test" / "a" / "img_000.png"
     code, out, err = run_cli(capsys, "predict", run_dir.name, image, "--json", "--store", store, "--no-progress")
     assert code == 0 and json.loads(out)["class"] in ("a", "b"), err
+    code, out, err = run_cli(capsys, "embed", data, "-e", "tiny", "--store", store, "--no-progress")
+    assert code == 0 and "file:tiny.keras" in out, err
+    code, _, err = run_cli(capsys, "embed", data, "-e", "tiny2", "--store", store, "--no-progress")
+    assert code == 2 and "unknown extractor 'tiny2'" in err and "xception, tiny (built in, and made by" in err
 
 
 def test_store_names_resolve_in_recipes_and_unknown_names_list_them(tmp_path):
