@@ -252,12 +252,35 @@ FAST = ("-e", "inception-v3", "--weights", "none", "--image-size", "75", "--prec
         "--cv", "2", "--heads", "logreg-elasticnet,svc-rbf", "--no-progress")
 
 
-def test_fit_augment_shows_baseline_and_augmented_side_by_side(tmp_path, capsys):
+def test_fit_augment_shows_baseline_and_augmented_side_by_side(tmp_path, capsys, monkeypatch):
+    import automl.search
+
+    searches = []
+    real_cv_splits = automl.search.cv_splits
+
+    def spy(y, cv, seed, groups=None, *, synthetic=None):
+        folds = real_cv_splits(y, cv, seed, groups, synthetic=synthetic)
+        searches.append((y, groups, synthetic, folds))
+        return folds
+
+    monkeypatch.setattr(automl.search, "cv_splits", spy)
     root = class_folders(tmp_path / "data", {"big": 16, "small": 8}, size=(32, 32))
     store = tmp_path / "store"
     code, out, err = run_cli(capsys, "fit", root, "--augment", "test-shift", "--ratio", "2", "--store", store,
                              "--augment-param", "noise=4", *FAST)
     assert code == 0, err
+    (_, _, none, _), (y, groups, synthetic, folds) = searches
+    assert none is None
+    # What the pipeline hands the search: each synthetic row with its one real source, of its own class.
+    real_rows = [r for r in range(len(y)) if r not in set(synthetic.rows)]
+    assert len(synthetic.rows) == 2 * int((y[real_rows] == 1).sum())
+    for row, sources in zip(synthetic.rows, synthetic.sources):
+        source_row, = [r for r in real_rows if groups[r] in sources]
+        assert y[source_row] == y[row] == 1
+    for tr, va in folds:
+        assert set(va.tolist()) <= set(real_rows)
+        assert all(set(synthetic.sources[synthetic.rows.index(r)]).isdisjoint(groups[va]) for r in tr
+                   if r in synthetic.rows)
     assert "metric" in out and "original" in out and "augmented" in out and "difference" in out
     runs = sorted((store / "runs").iterdir())
     assert len(runs) == 2
