@@ -213,8 +213,9 @@ def train(parts: dict, instance: list[tuple[np.ndarray, str]], *, prior: list[tu
             parts["unet"].enable_gradient_checkpointing()
             info["gradient_checkpointing"] = True
         for name in ("text_encoder", "text_encoder_2"):
-            if name in parts and parts[name] in trained and hasattr(parts[name], "gradient_checkpointing_enable"):
-                parts[name].gradient_checkpointing_enable()
+            if name in parts and parts[name] in trained:
+                module = parts[name]  # transformers 5 renamed it; 4.x knows only the old name
+                (getattr(module, "activation_checkpointing_enable", None) or module.gradient_checkpointing_enable)()
         if device.startswith("cuda") and _has("xformers"):
             parts["unet"].enable_xformers_memory_efficient_attention()
             info["attention"] = "xformers"
