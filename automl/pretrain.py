@@ -51,6 +51,10 @@ from automl.store import Store
 EXCLUDE_MODES = ("drop", "refuse")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,79}$")
 CHECKPOINT_VERSION = 1
+# From random weights the moving statistics start at mean 0, variance 1; Keras's 0.99 leaves them far
+# from the data's after the few hundred steps a small dataset gives, and validation (which uses them)
+# then sees the majority class only. 0.9 catches up within a few dozen steps.
+BN_MOMENTUM = 0.9
 
 
 # --- names in the store (no Keras needed) ------------------------------------------------------
@@ -110,6 +114,7 @@ class Settings:
     augmentation: dict = field(default_factory=lambda: {"flip": "horizontal", "rotation": 0.05, "zoom": 0.1})
     schedule: str = "cosine"
     dropout: float = 0.2
+    batch_norm: str = "frozen"  # "frozen" (pretrained weights) or "trained, momentum 0.9" (random weights)
 
 
 @dataclass
@@ -177,7 +182,8 @@ def pretrain(
     batch = min(batch_size or default_batch_size(size), len(train))
     lr = float(learning_rate or (1e-3 if w is None else 1e-4))
     settings = Settings(backbone.name, _weights_identity(w), size, int(epochs), freeze_until, int(seed), batch, lr,
-                        float(val_fraction), int(patience))
+                        float(val_fraction), int(patience),
+                        batch_norm="frozen" if w is not None else f"trained, momentum {BN_MOMENTUM}")
     data_fp = _fingerprint(train, val)
     identity = hashlib.blake2b(json.dumps([data_fp, asdict(settings)], sort_keys=True).encode(),
                                digest_size=8).hexdigest()
@@ -385,6 +391,8 @@ def _freeze(net, name: str, until: str | None, pretrained: bool) -> None:
         is_bn = layer.__class__.__name__ == "BatchNormalization"
         # With pretrained weights batch norm keeps its statistics (inference mode); from scratch it learns them.
         layer.trainable = i >= frozen and not (pretrained and is_bn)
+        if is_bn and not pretrained:
+            layer.momentum = BN_MOMENTUM
 
 
 # --- training ----------------------------------------------------------------------------------
