@@ -64,3 +64,14 @@ def run_cli(capsys, *args) -> tuple[int, str, str]:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     out, err = capsys.readouterr()
     return code, out, err
+
+
+@pytest.fixture(scope="session")
+def tiny_sd(tmp_path_factory) -> Path:
+    """A tiny seeded Stable Diffusion folder (tests/sd_fixture.py), built once per session."""
+    from sd_fixture import CONFIG, build_tiny_sd
+
+    if not (CONFIG / "unet" / "config.json").is_file():
+        pytest.fail(f"the SD 1.5 configs are missing ({CONFIG}); the Stable Diffusion tests build their tiny model "
+                    "from them")
+    return build_tiny_sd(tmp_path_factory.mktemp("tiny-sd") / "model")

@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-
 CONFIG = Path(__file__).resolve().parents[2] / "shared" / "models" / "sd15-config"
 TINY_PX = 32  # image size; the two-level VAE below halves it for the latents
 
@@ -50,11 +48,3 @@ def build_tiny_sd(folder: Path, config: Path = CONFIG, seed: int = 0) -> Path:
                                    requires_safety_checker=False)
     pipe.save_pretrained(folder)
     return folder
-
-
-@pytest.fixture(scope="session")
-def tiny_sd(tmp_path_factory) -> Path:
-    if not (CONFIG / "unet" / "config.json").is_file():
-        pytest.fail(f"the SD 1.5 configs are missing ({CONFIG}); the Stable Diffusion tests build their tiny model "
-                    "from them")
-    return build_tiny_sd(tmp_path_factory.mktemp("tiny-sd") / "model")

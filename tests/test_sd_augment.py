@@ -20,12 +20,12 @@ from automl.augment.sd_train import save_atomic
 from automl.data import load_dataset
 from automl.errors import ConfigError, WeightsUnavailableError
 from conftest import ROOT, class_folders
-from sd_fixture import TINY_PX, tiny_sd  # noqa: F401 - the session fixture
+from sd_fixture import TINY_PX
 
 SD = ("sd-img2img", "sd-dreambooth", "sd-lora", "sd-textual-inversion")
 # Few steps everywhere: the tiny model learns nothing, the tests check the plumbing.
 FAST = {"resolution": TINY_PX, "steps": 4}
-TRAIN = {**FAST, "train_steps": 2, "num_class_images": 2, "prior_steps": 2}
+TRAIN = {**FAST, "steps": 2, "train_steps": 2, "num_class_images": 2, "prior_steps": 1}
 
 
 @pytest.fixture(autouse=True)
@@ -150,7 +150,7 @@ def test_dreambooth_single_class_prior_text_encoder_cache(tiny_sd, data, tmp_pat
         assert meta["class_images"] == 2 and meta["training"]["steps"] == 2
         assert meta["training"]["gradient_checkpointing"] is True
         assert "sks" in next(iter(meta["prompts"].values()))
-    assert len(list((tmp_path / "generators").rglob("class-images/*/*.png"))) == 4
+    assert len(list((tmp_path / "generators").rglob("prior-images/*/*.png"))) == 4
     stamps = [(p / "complete.json").stat().st_mtime_ns for p in tunes]
 
     # A generation-only change reuses both fine-tunes: training must not run again.

@@ -151,7 +151,7 @@ class SDDreamBooth(Augmenter):
             instance += [(it.load(R), prompts[c]) for it in items]
             if p["prior_preservation"]:
                 text = fill(p["class_prompt"], **{"class": class_noun(self.classes_[c])})
-                images = class_images(self.folder_, self.work_dir_ / "class-images" / short_hash(text, c), text,
+                images = class_images(self.folder_, self.work_dir_ / "prior-images" / short_hash(text, c), text,
                                       p["num_class_images"], label=c, seed=seed, device=self.device_, p=p,
                                       steps=p["prior_steps"], progress=progress)
                 prior += [(im, text) for im in images]
