@@ -48,3 +48,34 @@ def build_tiny_sd(folder: Path, config: Path = CONFIG, seed: int = 0) -> Path:
                                    requires_safety_checker=False)
     pipe.save_pretrained(folder)
     return folder
+
+
+def build_tiny_sdxl(folder: Path, config: Path = CONFIG, seed: int = 0) -> Path:
+    """The SDXL layout (two text encoders, pooled text and size conditioning) at the same tiny scale;
+    no SDXL config is shared offline, so the shapes follow diffusers' own SDXL test components."""
+    import torch
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=TINY_PX // 2, block_out_channels=(32, 64), layers_per_block=1, attention_head_dim=(2, 4),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 1), projection_class_embeddings_input_dim=6 * 8 + 32,
+        cross_attention_dim=64, norm_num_groups=32)
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKL(block_out_channels=(32, 64), in_channels=3, out_channels=3, latent_channels=4,
+                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                        layers_per_block=1, norm_num_groups=32, sample_size=TINY_PX)
+    tokenizer = CLIPTokenizer.from_pretrained(config / "tokenizer")
+    text_cfg = CLIPTextConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                              projection_dim=32, vocab_size=len(tokenizer), hidden_act="gelu",
+                              bos_token_id=0, eos_token_id=2, pad_token_id=1)
+    torch.manual_seed(seed + 2)
+    pipe = StableDiffusionXLPipeline(
+        vae=vae, unet=unet, tokenizer=tokenizer, tokenizer_2=CLIPTokenizer.from_pretrained(config / "tokenizer"),
+        text_encoder=CLIPTextModel(text_cfg), text_encoder_2=CLIPTextModelWithProjection(text_cfg),
+        scheduler=EulerDiscreteScheduler.from_pretrained(config / "scheduler"))
+    pipe.save_pretrained(folder)
+    return folder

@@ -264,3 +264,17 @@ def test_gpu_fine_tune_in_mixed_precision(tiny_sd, data, tmp_path):
     info = json.loads((folder / "complete.json").read_text())["training"]
     assert info["device"] == "cuda" and info["autocast"] != "None" and info["gradient_checkpointing"]
     assert len(syn.items) == 2
+
+
+def test_lora_on_an_sdxl_base(data, tmp_path):
+    from sd_fixture import build_tiny_sdxl
+
+    model = build_tiny_sdxl(tmp_path / "sdxl")
+    params = {**TRAIN, "model": str(model), "train_text_encoder": True}
+    syn = run(data, tmp_path, "sd-lora", params)
+    assert len(syn.items) == 2 and pixels(syn.items)[0].shape == (TINY_PX, TINY_PX, 3)
+    (folder,) = _fine_tunes(tmp_path)
+    assert {p.name for p in folder.glob("*_lora.safetensors")} == {"text_encoder_lora.safetensors",
+                                                                    "text_encoder_2_lora.safetensors"}
+    with pytest.raises(ConfigError, match="SDXL"):
+        run(data, tmp_path, "sd-textual-inversion", {**FAST, "model": str(model)})
