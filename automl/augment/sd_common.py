@@ -71,6 +71,17 @@ def check_common(name: str, p: dict) -> None:
     check_range(name, "batch_size", p["batch_size"], 1)
 
 
+def check_training(name: str, p: dict) -> None:
+    """The parameters every fine-tuning augmenter shares."""
+    check_range(name, "learning_rate", p["learning_rate"], 0, low_open=True)
+    check_range(name, "train_steps", p["train_steps"], 0)
+    check_range(name, "steps_per_image", p["steps_per_image"], 1)
+    check_range(name, "max_train_steps", p["max_train_steps"], 1)
+    check_range(name, "train_batch_size", p["train_batch_size"], 1)
+    check_choice(name, "memory_savers", p["memory_savers"], SWITCHES)
+    check_sampler(name, p["sampler"])
+
+
 def check_choice(name: str, key: str, value: str, choices: Sequence[str]) -> None:
     if value not in choices:
         raise ConfigError(f"The {key!r} parameter of augmenter {name!r} must be one of {', '.join(choices)}. "
@@ -284,6 +295,22 @@ def run_pipeline(pipe, prompts: Sequence[str], seeds: Sequence[int], *, batch_si
         if timer is not None:
             timer((time.perf_counter() - t0) / (stop - start), len(prompts) - stop)
     return out
+
+
+def generate_images(augmenter, pipe, prompt: str, label: int, indices: Sequence[int], seed: int,
+                    **kwargs) -> list[np.ndarray]:
+    """One image per index with the augmenter's generation parameters (seeded per index); the first
+    image on the CPU prints a measured estimate."""
+    p = augmenter.params
+
+    def timer(per_image: float, remaining: int) -> None:
+        if not getattr(augmenter, "estimated_", False):
+            augmenter.estimated_ = True
+            estimate(augmenter.device_, augmenter.name, per_image, remaining, "image")
+
+    return run_pipeline(pipe, [prompt] * len(indices), [index_seed(seed, label, k) for k in indices],
+                        batch_size=p["batch_size"], negative_prompt=p["negative_prompt"],
+                        num_inference_steps=p["steps"], guidance_scale=p["guidance_scale"], timer=timer, **kwargs)
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:

@@ -27,9 +27,9 @@ from typing import Sequence
 import numpy as np
 
 from automl.augment.base import Augmenter, check_range, register
-from automl.augment.sd_common import (COMMON, REQUIRES, SWITCHES, check_choice, check_common, check_sampler,
-                                      check_template, class_noun, fill, index_seed, inference_dtype, pick_device,
-                                      quiet_loading, release, resolve_model, run_pipeline, sample_items, warn_cpu, estimate)
+from automl.augment.sd_common import (COMMON, REQUIRES, check_choice, check_common, check_training,
+                                      check_template, class_noun, fill, generate_images, index_seed, pick_device,
+                                      quiet_loading, release, resolve_model, sample_items, warn_cpu, inference_dtype)
 from automl.augment.sd_train import (auto_steps, class_images, generation_pipeline, is_done, load_components,
                                      save_atomic, short_hash, train as train_model)
 from automl.errors import ConfigError
@@ -78,7 +78,6 @@ class SDDreamBooth(Augmenter):
         p = self.params
         check_common(self.name, p)
         check_choice(self.name, "mode", p["mode"], MODES)
-        check_choice(self.name, "memory_savers", p["memory_savers"], SWITCHES)
         if not p["identifiers"] or not all(isinstance(t, str) and t.strip() and " " not in t.strip()
                                            for t in p["identifiers"]):
             raise ConfigError(f"The 'identifiers' parameter of augmenter {self.name!r} must be a non-empty list of "
@@ -92,12 +91,7 @@ class SDDreamBooth(Augmenter):
         check_range(self.name, "num_class_images", p["num_class_images"], 1)
         check_range(self.name, "prior_loss_weight", p["prior_loss_weight"], 0)
         check_range(self.name, "prior_steps", p["prior_steps"], 1)
-        check_range(self.name, "learning_rate", p["learning_rate"], 0, low_open=True)
-        check_range(self.name, "train_steps", p["train_steps"], 0)
-        check_range(self.name, "steps_per_image", p["steps_per_image"], 1)
-        check_range(self.name, "max_train_steps", p["max_train_steps"], 1)
-        check_range(self.name, "train_batch_size", p["train_batch_size"], 1)
-        check_sampler(self.name, p["sampler"])
+        check_training(self.name, p)
 
     # ------------------------------------------------------------ fit
 
@@ -210,20 +204,11 @@ class SDDreamBooth(Augmenter):
             self.gen_ = None
             release()
             warn_cpu(self.device_, f"{self.name} generation")
-            self.gen_ = (model, self.pipeline(model), [True])
-        _, pipe, first = self.gen_
+            self.gen_ = (model, self.pipeline(model))
         prompt = fill(p["prompt"] or p["instance_prompt"], token=self.token(label),
                       **{"class": class_noun(self.classes_[label])})
-
-        def timer(per_image: float, remaining: int) -> None:
-            if first[0]:
-                first[0] = False
-                estimate(self.device_, self.name, per_image, remaining, "image")
-
-        return run_pipeline(pipe, [prompt] * len(indices), [index_seed(seed, label, k) for k in indices],
-                            batch_size=p["batch_size"], negative_prompt=p["negative_prompt"],
-                            num_inference_steps=p["steps"], guidance_scale=p["guidance_scale"],
-                            height=p["resolution"], width=p["resolution"], timer=timer)
+        return generate_images(self, self.gen_[1], prompt, label, indices, seed, height=p["resolution"],
+                               width=p["resolution"])
 
     def close(self) -> None:
         self.gen_ = None

@@ -12,9 +12,8 @@ from typing import Sequence
 import numpy as np
 
 from automl.augment.base import Augmenter, check_range, register
-from automl.augment.sd_common import (COMMON, REQUIRES, check_common, check_template, class_noun, estimate,
-                                      index_seed, inference_dtype, load_pipeline, pick_device, release,
-                                      resolve_model, run_pipeline, warn_cpu)
+from automl.augment.sd_common import (COMMON, REQUIRES, check_common, check_template, class_noun, generate_images,
+                                      inference_dtype, load_pipeline, pick_device, release, resolve_model, warn_cpu)
 from automl.errors import ConfigError
 
 
@@ -48,7 +47,6 @@ class SDImg2Img(Augmenter):
             warn_cpu(self.device_, self.name)
             self.pipe_ = load_pipeline(self.folder_, "img2img", self.device_,
                                        inference_dtype(self.device_, self.params["precision"]))
-            self.first_ = True
         return self.pipe_
 
     def generate(self, label: int, indices: Sequence[int], sources: Sequence, seed: int) -> list[np.ndarray]:
@@ -56,16 +54,7 @@ class SDImg2Img(Augmenter):
         pipe = self._pipe()
         prompt = p["prompt"].format(**{"class": class_noun(self.classes_[label])})
         images = [src.load(p["resolution"]) for src in sources]
-
-        def timer(per_image: float, remaining: int) -> None:
-            if self.first_:
-                self.first_ = False
-                estimate(self.device_, self.name, per_image, remaining, "image")
-
-        return run_pipeline(pipe, [prompt] * len(indices), [index_seed(seed, label, k) for k in indices],
-                            images=images, batch_size=p["batch_size"], negative_prompt=p["negative_prompt"],
-                            strength=p["strength"], num_inference_steps=p["steps"],
-                            guidance_scale=p["guidance_scale"], timer=timer)
+        return generate_images(self, pipe, prompt, label, indices, seed, images=images, strength=p["strength"])
 
     def close(self) -> None:
         self.pipe_ = None

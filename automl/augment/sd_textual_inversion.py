@@ -10,16 +10,15 @@ encoders are not handled).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from automl.augment.base import Augmenter, check_range, register
-from automl.augment.sd_common import (COMMON, REQUIRES, SWITCHES, check_choice, check_common, check_sampler,
-                                      check_template, class_noun, estimate, fill, index_seed, is_sdxl, pick_device,
-                                      release, resolve_model, run_pipeline, sample_items, warn_cpu)
+from automl.augment.base import Augmenter, register
+from automl.augment.sd_common import (COMMON, REQUIRES, check_common, check_training,
+                                      check_template, class_noun, fill, generate_images, index_seed, is_sdxl,
+                                      pick_device, release, resolve_model, sample_items, warn_cpu)
 from automl.augment.sd_train import (auto_steps, generation_pipeline, is_done, load_components, save_atomic,
                                      short_hash, train as train_model)
 from automl.errors import ConfigError
@@ -54,7 +53,6 @@ class SDTextualInversion(Augmenter):
     def check(self) -> None:
         p = self.params
         check_common(self.name, p)
-        check_choice(self.name, "memory_savers", p["memory_savers"], SWITCHES)
         check_template(self.name, "placeholder", p["placeholder"], ["class"])
         if p["placeholder"].format(**{"class": "x"}).strip() in ("", "x"):
             raise ConfigError(f"The 'placeholder' parameter of augmenter {self.name!r} must make a new word, such as "
@@ -68,12 +66,7 @@ class SDTextualInversion(Augmenter):
                 raise ConfigError(f"Every entry of 'training_prompts' of augmenter {self.name!r} must be a string "
                                   f"containing {{token}}. Got {template!r}.")
             check_template(self.name, "training_prompts", template, ["token", "class"])
-        check_range(self.name, "learning_rate", p["learning_rate"], 0, low_open=True)
-        check_range(self.name, "train_steps", p["train_steps"], 0)
-        check_range(self.name, "steps_per_image", p["steps_per_image"], 1)
-        check_range(self.name, "max_train_steps", p["max_train_steps"], 1)
-        check_range(self.name, "train_batch_size", p["train_batch_size"], 1)
-        check_sampler(self.name, p["sampler"])
+        check_training(self.name, p)
 
     def token(self, label: int) -> str:
         return self.params["placeholder"].format(**{"class": class_noun(self.classes_[label]).replace(" ", "-")})
@@ -153,7 +146,6 @@ class SDTextualInversion(Augmenter):
         if self.pipe_ is None:
             warn_cpu(self.device_, f"{self.name} generation")
             self.pipe_ = generation_pipeline(self.folder_, self.device_, self.params["precision"])
-            self.first_ = True
         pipe, token = self.pipe_, self.token(label)
         if token not in pipe.tokenizer.get_vocab():
             vector = load_file(str(self.embeds_[label] / "learned_embeds.safetensors"))[token]
@@ -168,16 +160,7 @@ class SDTextualInversion(Augmenter):
         p = self.params
         pipe = self._pipe_with(label)
         prompt = fill(p["prompt"], token=self.token(label), **{"class": class_noun(self.classes_[label])})
-
-        def timer(per_image: float, remaining: int) -> None:
-            if self.first_:
-                self.first_ = False
-                estimate(self.device_, self.name, per_image, remaining, "image")
-
-        return run_pipeline(pipe, [prompt] * len(indices), [index_seed(seed, label, k) for k in indices],
-                            batch_size=p["batch_size"], negative_prompt=p["negative_prompt"],
-                            num_inference_steps=p["steps"], guidance_scale=p["guidance_scale"],
-                            height=p["resolution"], width=p["resolution"], timer=timer)
+        return generate_images(self, pipe, prompt, label, indices, seed, height=p["resolution"], width=p["resolution"])
 
     def close(self) -> None:
         self.pipe_ = None
