@@ -8,6 +8,10 @@ is included (it is a small part); writing the generator and its sample grid too.
 
     .venv/bin/python bench/bench_dcgan.py                 # defaults, median of 3
     .venv/bin/python bench/bench_dcgan.py --size 64       # the 64x64 networks on the same images
+
+On cores shared with other jobs, torch's OpenMP threads spin while they wait for each other and
+training runs several times slower than its share of the CPU; ``OMP_WAIT_POLICY=PASSIVE`` (set before
+Python starts) avoids that.
 """
 
 from __future__ import annotations
@@ -46,7 +50,8 @@ def main() -> None:
     params = {"size": args.size, "epochs": args.epochs}
     print("\n".join(machine_lines(with_tf=False)))
     print(f"torch   : {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"device {'cuda' if torch.cuda.is_available() else 'cpu'}")
+          f"device {'cuda' if torch.cuda.is_available() else 'cpu'}, OMP_WAIT_POLICY "
+          f"{os.environ.get('OMP_WAIT_POLICY', '(unset)')}")
     print(f"data    : {args.data}, class {args.label} ({dataset.classes[args.label]}), {len(items)} training "
           f"images, {items[0].width}x{items[0].height} px")
 
