@@ -170,14 +170,20 @@ def main() -> None:
                "model": "tiny (tests/sd_fixture.py)" if args.tiny else "SD 1.5 architecture, random weights",
                "resolution": px, "steps": steps, "img2img": [], "training": []}
     for batch in batches:
-        ours = median([img2img_ours(folder, px, steps, batch, args.images) for _ in range(args.repeats)])
-        plain = median([img2img_plain(folder, px, steps, batch, args.images, device) for _ in range(args.repeats)])
-        results["img2img"].append({"batch": batch, "ours_img_s": round(ours, 3), "plain_img_s": round(plain, 3),
-                                   "speedup": round(ours / plain, 2)})
+        ours, plain = [], []
+        for _ in range(args.repeats):  # interleaved, so a change in machine load hits both alike
+            ours.append(img2img_ours(folder, px, steps, batch, args.images))
+            plain.append(img2img_plain(folder, px, steps, batch, args.images, device))
+        results["img2img"].append({"batch": batch, "ours_img_s": round(median(ours), 3),
+                                   "plain_img_s": round(median(plain), 3),
+                                   "speedup": round(median(ours) / median(plain), 2),
+                                   "ours_range": [round(min(ours), 3), round(max(ours), 3)],
+                                   "plain_range": [round(min(plain), 3), round(max(plain), 3)]})
         print(results["img2img"][-1], flush=True)
     for name, lora, savers in (("dreambooth", False, "off"), ("dreambooth", False, "on"), ("lora", True, "on")):
         rates, peaks = zip(*[training(folder, px, args.train_steps, lora, savers) for _ in range(args.repeats)])
         row = {"fine-tune": name, "memory_savers": savers, "steps_s": round(median(rates), 3),
+               "steps_s_range": [round(min(rates), 3), round(max(rates), 3)],
                "peak_gib": None if peaks[0] is None else round(max(peaks), 2)}
         results["training"].append(row)
         print(row, flush=True)
