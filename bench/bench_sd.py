@@ -33,6 +33,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 import numpy as np  # noqa: E402
 from _common import command_line, machine_lines, median  # noqa: E402
 
+import automl  # noqa: E402,F401 - sets OMP_WAIT_POLICY before torch starts its threads
+
 CONFIG = ROOT.parent / "shared" / "models" / "sd15-config"
 
 
@@ -166,6 +168,7 @@ def main() -> None:
     import diffusers
 
     results = {"command": command_line(), "machine": machine_lines(with_tf=False), "device": device,
+               "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "load_average": os.getloadavg(),
                "versions": f"torch {torch.__version__}, diffusers {diffusers.__version__}",
                "model": "tiny (tests/sd_fixture.py)" if args.tiny else "SD 1.5 architecture, random weights",
                "resolution": px, "steps": steps, "img2img": [], "training": []}
