@@ -10,6 +10,11 @@ from PIL import Image
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+# Tests import Keras and torch in one process in any order; triton must load before TensorFlow.
+from automl._imports import before_tensorflow  # noqa: E402
+
+before_tensorflow()
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 sys.path.insert(0, str(ROOT))  # cli.py lives at the top level

@@ -320,3 +320,17 @@ def test_fit_refuses_several_variants_and_loose_plan_flags(tmp_path, capsys):
                            "--store", tmp_path / "store")
     assert code == 2 and "unknown class 'cow'" in err
     assert not (tmp_path / "store" / "runs").exists()
+
+
+def test_torch_after_the_keras_extractors_in_one_process():
+    """An augmented fit embeds with Keras (TensorFlow) first and runs torch augmenters after: that order
+    used to end in a segmentation fault when torchvision loaded triton after TensorFlow."""
+    import subprocess
+    import sys
+
+    code = ("from automl.extract import build_extractor; import numpy as np; "
+            "e = build_extractor('inception-v3', weights='none', image_size=75, precision='float32'); "
+            "e(np.zeros((1, 75, 75, 3), np.uint8)); "
+            "import torchvision.ops; from automl.augment import build_augmenter; print('both loaded')")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0 and "both loaded" in proc.stdout, proc.stderr[-2000:]
