@@ -101,13 +101,11 @@ def fit_variants(recipe, variants: Sequence, *, progress: bool = True) -> list[F
     store = Store(recipe.store)
     notes = dataset_notes(dataset)
     if variants:
-        from automl.augment import build_augmenter
-        from automl.augment.generate import plan
+        from automl.augment.generate import preflight
 
         train = [it for it in dataset.items if it.split != "test"]
-        for spec in variants:  # a bad plan or a missing package fails here, before any work
-            plan(train, dataset.classes, spec, recipe.seed)
-            build_augmenter(spec.type, spec.params)
+        for spec in variants:  # a bad plan, a missing package or unreachable weights fail before any work
+            preflight(train, dataset.classes, spec, generated_dir=store.generated_dir, seed=recipe.seed)
     baseline = _fit_one(recipe.model_copy(update={"augment": None}), dataset, store, None, list(notes), progress)
     out = [baseline]
     for spec in variants:

@@ -56,3 +56,16 @@ def test_run_recipe_with_sd_img2img(tiny_sd, tmp_path, capsys, monkeypatch):
     assert any(word in out for word in ("helps", "no significant difference", "hurts"))
     (comparison,) = (store / "comparisons").glob("*/comparison.json")
     assert "sd-img2img" in comparison.read_text()
+
+
+def test_missing_weights_fail_before_the_baseline_and_leave_no_run(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    data = class_folders(tmp_path / "data", {"big": 12, "small": 6}, size=(32, 32))
+    store = tmp_path / "store"
+    code, _, err = run_cli(capsys, "fit", data, "--augment", "sd-dreambooth", "--augment-param",
+                           "model=no-such-org/no-such-model", "-e", "inception-v3", "--weights", "none",
+                           "--image-size", "75", "--store", store, "--no-progress")
+    assert code == 3 and "'no-such-org/no-such-model'" in err and "HF_HOME" in err
+    # The check ran before the baseline: nothing was embedded, searched or saved.
+    assert not (store / "runs").exists() and not (store / "embeddings").exists()

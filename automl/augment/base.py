@@ -27,6 +27,7 @@ Contract, kept by every augmenter so that caching and resumption are correct:
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any, ClassVar, Mapping, Sequence
 
@@ -59,6 +60,10 @@ class Augmenter:
 
     def check(self) -> None:
         """Raise ``ConfigError`` naming the parameter, its constraint and the value found."""
+
+    def preflight(self) -> None:
+        """Check in seconds that ``fit`` and ``generate`` can run (e.g. the weights are reachable),
+        raising the error they would raise; called before a fit spends any time on its baseline."""
 
     def fit(self, train: Mapping[int, Sequence], classes: Sequence[str], chosen: Sequence[int], work_dir: Path,
             seed: int, progress: bool = True) -> None:
@@ -110,6 +115,13 @@ def check_range(augmenter: str, key: str, value, low=None, high=None, *, low_ope
         interval = f"{'(' if low_open or low is None else '['}{lo}, {hi}{')' if high_open or high is None else ']'}"
         raise ConfigError(f"The {key!r} parameter of augmenter {augmenter!r} must be in the range {interval}. "
                           f"Got {value!r} instead.")
+
+
+def image_seed(seed: int, label: int, index: int, salt: str = "") -> int:
+    """A seed for output ``index`` of class ``label``, unrelated to its neighbours' and unique to the
+    (seed, label, index, salt); what keeps image k the same whatever the batching."""
+    digest = hashlib.blake2b(f"{seed}:{label}:{index}:{salt}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1  # < 2**63: any torch or numpy generator takes it
 
 
 AUGMENTERS: Registry[type[Augmenter]] = Registry("augmenter")

@@ -15,14 +15,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from automl.augment.base import Augmenter, check_range, register
+from automl.augment.base import Augmenter, check_range, image_seed, register
 from automl.errors import ConfigError
-
-
-def image_seed(seed: int, label: int, index: int, salt: int) -> int:
-    """A 64-bit seed for one output image; SeedSequence mixes the parts so that neighbours are unrelated."""
-    words = np.random.SeedSequence([seed % 2**64, label, index, salt]).generate_state(2, np.uint32)
-    return int(words[0]) << 32 | int(words[1])
 
 
 @register
@@ -89,7 +83,7 @@ class Conventional(Augmenter):
             pixels = source.load(size)
             image = tv_tensors.Image(torch.from_numpy(np.array(pixels)).permute(2, 0, 1))
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(image_seed(seed, label, index, salt=0xC0))
+                torch.manual_seed(image_seed(seed, label, index, "conventional"))
                 result = self._transform(*pixels.shape[:2])(image)
             out.append(np.ascontiguousarray(result.permute(1, 2, 0).numpy(), dtype=np.uint8))
         return out

@@ -37,8 +37,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from automl.augment.base import Augmenter, check_range, register
-from automl.augment.conventional import image_seed
+from automl.augment.base import Augmenter, check_range, image_seed, register
 from automl.cache import atomic_write, remove_stale_temporaries
 from automl.errors import ConfigError
 
@@ -145,7 +144,7 @@ class DCGAN(Augmenter):
         batch = min(p["batch_size"], n)
         steps_per_epoch = -(-n // batch)
 
-        rng = torch.Generator().manual_seed(image_seed(seed, label, 0, salt=0xDC))
+        rng = torch.Generator().manual_seed(image_seed(seed, label, 0, "dcgan-samples"))
         generator, discriminator = _generator(side, p["width"]), _discriminator(side, p["width"])
         for net in (generator, discriminator):
             _init_weights(net, rng)
@@ -299,7 +298,7 @@ def _latents(seed: int, label: int, indices: Sequence[int]):
     import torch
 
     return torch.stack([torch.randn(LATENT, 1, 1, generator=torch.Generator().manual_seed(
-        image_seed(seed, label, k, salt=0xD6))) for k in indices])
+        image_seed(seed, label, k, "dcgan"))) for k in indices])
 
 
 def _to_uint8(images) -> np.ndarray:

@@ -69,12 +69,10 @@ def augment(train: Sequence[Item], classes: Sequence[str], spec: AugmentSpec, *,
     real, counts = plan(train, classes, spec, seed)
     sizes = np.bincount([it.label for it in real], minlength=len(classes)).tolist()
 
-    key = key_of(augmenter.name, augmenter.params, real, seed)
-    out_dir = Path(generated_dir) / key
+    out_dir = Path(generated_dir) / key_of(augmenter.name, augmenter.params, real, seed)
     work_dir = Path(generators_dir) / key_of(augmenter.name, augmenter.fit_signature(), real, seed)
     by_class = {c: [it for it in real if it.label == c] for c in range(len(classes))}
-    missing = {c: [k for k in range(n) if not (out_dir / str(c) / f"{k:06d}.json").is_file()]
-               for c, n in counts.items()}
+    missing = _missing(out_dir, counts)
     todo = sum(len(m) for m in missing.values())
     t0 = time.perf_counter()
     fit_seconds = 0.0
@@ -140,6 +138,23 @@ def plan(train: Sequence[Item], classes: Sequence[str], spec: AugmentSpec, seed:
     real = [train[i] for i in reduce_real(labels, spec.real_fraction, seed)]
     sizes = np.bincount([it.label for it in real], minlength=len(classes)).tolist()
     return real, plan_counts(spec, sizes, classes, original)
+
+
+def preflight(train: Sequence[Item], classes: Sequence[str], spec: AugmentSpec, *, generated_dir: Path,
+              seed: int = 0) -> None:
+    """Fail now, not after the baseline's search, when ``spec`` cannot run: a bad plan, a missing
+    package, or (when images remain to be made) an augmenter that cannot reach its weights."""
+    augmenter = build_augmenter(spec.type, spec.params)
+    real, counts = plan(train, classes, spec, seed)
+    out_dir = Path(generated_dir) / key_of(augmenter.name, augmenter.params, real, seed)
+    if any(_missing(out_dir, counts).values()):
+        augmenter.preflight()
+
+
+def _missing(out_dir: Path, counts: dict[int, int]) -> dict[int, list[int]]:
+    """Per class, the indices whose record (written after its image) is not there yet."""
+    return {c: [k for k in range(n) if not (out_dir / str(c) / f"{k:06d}.json").is_file()]
+            for c, n in counts.items()}
 
 
 def _source_order(members: list[Item], label: int, seed: int) -> list[Item]:

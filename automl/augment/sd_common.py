@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import hashlib
 import json
 import os
 import sys
@@ -28,7 +27,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from automl.augment.base import check_range
+from automl.augment.base import check_range, image_seed
 from automl.errors import ConfigError, WeightsUnavailableError
 
 # The SD 1.5 the study used; runwayml/stable-diffusion-v1-5 was withdrawn from the Hub in 2024 and
@@ -265,12 +264,6 @@ def release() -> None:
 # ---------------------------------------------------------------- seeds and generation
 
 
-def index_seed(seed: int, label: int, index: int, salt: str = "") -> int:
-    """A seed for output ``index`` of class ``label`` that no other (label, index) shares."""
-    digest = hashlib.blake2b(f"{seed}:{label}:{index}:{salt}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
-
-
 def run_pipeline(pipe, prompts: Sequence[str], seeds: Sequence[int], *, batch_size: int,
                  images: Sequence[np.ndarray] | None = None, negative_prompt: str = "", timer: Callable | None = None,
                  **kwargs) -> list[np.ndarray]:
@@ -308,7 +301,7 @@ def generate_images(augmenter, pipe, prompt: str, label: int, indices: Sequence[
             augmenter.estimated_ = True
             estimate(augmenter.device_, augmenter.name, per_image, remaining, "image")
 
-    return run_pipeline(pipe, [prompt] * len(indices), [index_seed(seed, label, k) for k in indices],
+    return run_pipeline(pipe, [prompt] * len(indices), [image_seed(seed, label, k) for k in indices],
                         batch_size=p["batch_size"], negative_prompt=p["negative_prompt"],
                         num_inference_steps=p["steps"], guidance_scale=p["guidance_scale"], timer=timer, **kwargs)
 

@@ -28,7 +28,7 @@ import numpy as np
 
 from automl.augment.base import Augmenter, check_range, register
 from automl.augment.sd_common import (COMMON, REQUIRES, check_choice, check_common, check_training,
-                                      check_template, class_noun, fill, generate_images, index_seed, pick_device,
+                                      check_template, class_noun, fill, generate_images, image_seed, pick_device,
                                       quiet_loading, release, resolve_model, sample_items, warn_cpu, inference_dtype)
 from automl.augment.sd_train import (auto_steps, class_images, generation_pipeline, is_done, load_components,
                                      save_atomic, short_hash, train as train_model)
@@ -95,6 +95,9 @@ class SDDreamBooth(Augmenter):
 
     # ------------------------------------------------------------ fit
 
+    def preflight(self) -> None:
+        resolve_model(self.params["model"])
+
     def fit(self, train, classes, chosen, work_dir, seed, progress=True) -> None:
         p = self.params
         self.classes_ = list(classes)
@@ -156,7 +159,7 @@ class SDDreamBooth(Augmenter):
         names = "+".join(self.classes_[c] for c in group)
         info = train_model(parts, instance, prior=prior or None, prior_weight=p["prior_loss_weight"], steps=steps,
                      lr=p["learning_rate"], device=self.device_, precision=p["precision"],
-                     memory_savers=p["memory_savers"], seed=index_seed(seed, min(group), 0, "train"), resolution=R,
+                     memory_savers=p["memory_savers"], seed=image_seed(seed, min(group), 0, "train"), resolution=R,
                      desc=f"{self.name} {names}", progress=progress, batch_size=p["train_batch_size"])
         meta = {"prompts": {str(c): prompts[c] for c in group}, "instance_images": len(instance),
                 "class_images": len(prior), "training": info, "augmenter": self.name,
@@ -228,7 +231,7 @@ class SDLoRA(SDDreamBooth):
         check_range(self.name, "rank", self.params["rank"], 1)
 
     def prepare(self, parts: dict) -> None:
-        from peft import LoraConfig, inject_adapter_in_model
+        from peft import inject_adapter_in_model
 
         parts["unet"].add_adapter(self._config(UNET_TARGETS))
         if self.params["train_text_encoder"]:

@@ -36,6 +36,9 @@ class SDImg2Img(Augmenter):
                               f"{int(np.ceil(1 / p['strength']))} or raise strength.")
         check_template(self.name, "prompt", p["prompt"], ["class"])
 
+    def preflight(self) -> None:
+        resolve_model(self.params["model"])
+
     def fit(self, train, classes, chosen, work_dir, seed, progress=True) -> None:
         self.classes_ = list(classes)
         self.folder_ = resolve_model(self.params["model"])

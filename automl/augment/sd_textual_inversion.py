@@ -17,7 +17,7 @@ import numpy as np
 
 from automl.augment.base import Augmenter, register
 from automl.augment.sd_common import (COMMON, REQUIRES, check_common, check_training,
-                                      check_template, class_noun, fill, generate_images, index_seed, is_sdxl,
+                                      check_template, class_noun, fill, generate_images, image_seed, is_sdxl,
                                       pick_device, release, resolve_model, sample_items, warn_cpu)
 from automl.augment.sd_train import (auto_steps, generation_pipeline, is_done, load_components, save_atomic,
                                      short_hash, train as train_model)
@@ -70,6 +70,9 @@ class SDTextualInversion(Augmenter):
 
     def token(self, label: int) -> str:
         return self.params["placeholder"].format(**{"class": class_noun(self.classes_[label]).replace(" ", "-")})
+
+    def preflight(self) -> None:
+        resolve_model(self.params["model"])
 
     def fit(self, train, classes, chosen, work_dir, seed, progress=True) -> None:
         p = self.params
@@ -129,7 +132,7 @@ class SDTextualInversion(Augmenter):
         warn_cpu(self.device_, f"{self.name} training")
         info = train_model(parts, instance, prior=None, prior_weight=0.0, steps=auto_steps(p, len(instance)),
                            lr=p["learning_rate"], device=self.device_, precision=p["precision"],
-                           memory_savers=p["memory_savers"], seed=index_seed(seed, label, 0, "train"),
+                           memory_savers=p["memory_savers"], seed=image_seed(seed, label, 0, "train"),
                            resolution=p["resolution"], desc=f"{self.name} {self.classes_[label]}", progress=progress,
                            batch_size=p["train_batch_size"], after_step=restore)
         vector = encoder.get_input_embeddings().weight[token_id].detach().float().cpu().clone()

@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from automl.augment.sd_common import (estimate, index_seed, inference_dtype, is_sdxl, load_pipeline, quiet_loading,
+from automl.augment.sd_common import (estimate, image_seed, inference_dtype, is_sdxl, load_pipeline, quiet_loading,
                                       release,
                                       run_pipeline, training_precision, warn_cpu)
 
@@ -103,7 +103,7 @@ def class_images(folder: Path, out: Path, prompt: str, n: int, *, label: int, se
 
         try:
             for k in missing:
-                image, = run_pipeline(pipe, [prompt], [index_seed(seed, label, k, "prior")], batch_size=1,
+                image, = run_pipeline(pipe, [prompt], [image_seed(seed, label, k, "prior")], batch_size=1,
                                       num_inference_steps=steps, guidance_scale=7.5, height=p["resolution"],
                                       width=p["resolution"], timer=timer)
                 tmp = out / f".{k:05d}.{os.getpid()}.png"
