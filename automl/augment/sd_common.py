@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from automl.augment.base import check_range, image_seed
+from automl.augment.base import Augmenter, check_range, image_seed
 from automl.errors import ConfigError, WeightsUnavailableError
 
 # The SD 1.5 the study used; runwayml/stable-diffusion-v1-5 was withdrawn from the Hub in 2024 and
@@ -193,6 +193,19 @@ def quiet_loading():
 
 
 # ---------------------------------------------------------------- device and precision
+
+
+class SDAugmenter(Augmenter):
+    """What every Stable Diffusion augmenter shares: the weights check before a fit's baseline, and
+    the start of ``fit`` (the class names, the base model's folder, the device)."""
+
+    def preflight(self) -> None:
+        resolve_model(self.params["model"])
+
+    def start_fit(self, classes) -> None:
+        self.classes_ = list(classes)
+        self.folder_ = resolve_model(self.params["model"])
+        self.device_ = pick_device(self.params["device"])
 
 
 def pick_device(param: str) -> str:

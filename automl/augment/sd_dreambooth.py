@@ -26,10 +26,10 @@ from typing import Sequence
 
 import numpy as np
 
-from automl.augment.base import Augmenter, check_range, register
-from automl.augment.sd_common import (COMMON, REQUIRES, check_choice, check_common, check_training,
-                                      check_template, class_noun, fill, generate_images, image_seed, pick_device,
-                                      quiet_loading, release, resolve_model, sample_items, warn_cpu, inference_dtype)
+from automl.augment.base import check_range, register
+from automl.augment.sd_common import (COMMON, REQUIRES, SDAugmenter, check_choice, check_common, check_training,
+                                      check_template, class_noun, fill, generate_images, image_seed, quiet_loading,
+                                      release, sample_items, warn_cpu, inference_dtype)
 from automl.augment.sd_train import (auto_steps, class_images, generation_pipeline, is_done, load_components,
                                      save_atomic, short_hash, train as train_model)
 from automl.errors import ConfigError
@@ -65,7 +65,7 @@ _FIT = ("model", "precision", "resolution", *(k for k in _TRAINING if k != "prom
 
 
 @register
-class SDDreamBooth(Augmenter):
+class SDDreamBooth(SDAugmenter):
     name = "sd-dreambooth"
     summary = "Stable Diffusion DreamBooth: fine-tune on each chosen class (or all at once), then generate"
     defaults = {**COMMON, **_TRAINING}
@@ -95,14 +95,9 @@ class SDDreamBooth(Augmenter):
 
     # ------------------------------------------------------------ fit
 
-    def preflight(self) -> None:
-        resolve_model(self.params["model"])
-
     def fit(self, train, classes, chosen, work_dir, seed, progress=True) -> None:
         p = self.params
-        self.classes_ = list(classes)
-        self.folder_ = resolve_model(p["model"])
-        self.device_ = pick_device(p["device"])
+        self.start_fit(classes)
         self.work_dir_ = Path(work_dir)
         self.models_: dict[int, Path] = {}
         self.gen_ = None

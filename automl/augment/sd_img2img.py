@@ -11,14 +11,14 @@ from typing import Sequence
 
 import numpy as np
 
-from automl.augment.base import Augmenter, check_range, register
-from automl.augment.sd_common import (COMMON, REQUIRES, check_common, check_template, class_noun, generate_images,
-                                      inference_dtype, load_pipeline, pick_device, release, resolve_model, warn_cpu)
+from automl.augment.base import check_range, register
+from automl.augment.sd_common import (COMMON, REQUIRES, SDAugmenter, check_common, check_template, class_noun,
+                                      generate_images, inference_dtype, load_pipeline, release, warn_cpu)
 from automl.errors import ConfigError
 
 
 @register
-class SDImg2Img(Augmenter):
+class SDImg2Img(SDAugmenter):
     name = "sd-img2img"
     summary = "Stable Diffusion img2img: each training image re-noised (strength) and denoised under its class prompt"
     defaults = {**COMMON, "strength": 0.1, "prompt": "an image of a {class}"}
@@ -36,13 +36,8 @@ class SDImg2Img(Augmenter):
                               f"{int(np.ceil(1 / p['strength']))} or raise strength.")
         check_template(self.name, "prompt", p["prompt"], ["class"])
 
-    def preflight(self) -> None:
-        resolve_model(self.params["model"])
-
     def fit(self, train, classes, chosen, work_dir, seed, progress=True) -> None:
-        self.classes_ = list(classes)
-        self.folder_ = resolve_model(self.params["model"])
-        self.device_ = pick_device(self.params["device"])
+        self.start_fit(classes)
         self.pipe_ = None
 
     def _pipe(self):

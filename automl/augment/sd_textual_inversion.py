@@ -15,10 +15,10 @@ from typing import Sequence
 
 import numpy as np
 
-from automl.augment.base import Augmenter, register
-from automl.augment.sd_common import (COMMON, REQUIRES, check_common, check_training,
-                                      check_template, class_noun, fill, generate_images, image_seed, is_sdxl,
-                                      pick_device, release, resolve_model, sample_items, warn_cpu)
+from automl.augment.base import register
+from automl.augment.sd_common import (COMMON, REQUIRES, SDAugmenter, check_common, check_training, check_template,
+                                      class_noun, fill, generate_images, image_seed, is_sdxl, release, sample_items,
+                                      warn_cpu)
 from automl.augment.sd_train import (auto_steps, generation_pipeline, is_done, load_components, save_atomic,
                                      short_hash, train as train_model)
 from automl.errors import ConfigError
@@ -28,7 +28,7 @@ TRAINING_PROMPTS = ["an image of a {token}", "a photo of a {token}", "a close-up
 
 
 @register
-class SDTextualInversion(Augmenter):
+class SDTextualInversion(SDAugmenter):
     name = "sd-textual-inversion"
     summary = "Stable Diffusion textual inversion: a new token embedding learned per class, then generate"
     defaults = {
@@ -71,13 +71,9 @@ class SDTextualInversion(Augmenter):
     def token(self, label: int) -> str:
         return self.params["placeholder"].format(**{"class": class_noun(self.classes_[label]).replace(" ", "-")})
 
-    def preflight(self) -> None:
-        resolve_model(self.params["model"])
-
     def fit(self, train, classes, chosen, work_dir, seed, progress=True) -> None:
         p = self.params
-        self.classes_ = list(classes)
-        self.folder_ = resolve_model(p["model"])
+        self.start_fit(classes)
         if is_sdxl(self.folder_):
             raise ConfigError(f"augmenter {self.name!r} supports SD 1.x/2.x bases; {p['model']!r} is SDXL (two text "
                               "encoders). Fix: use sd-lora or sd-dreambooth with it, or an SD 1.x/2.x base.")
@@ -85,7 +81,6 @@ class SDTextualInversion(Augmenter):
         if len(set(tokens)) != len(tokens):
             raise ConfigError(f"augmenter {self.name!r}: placeholder {p['placeholder']!r} makes the same token for "
                               f"two classes ({tokens}); use {{class}} in it.")
-        self.device_ = pick_device(p["device"])
         self.embeds_: dict[int, Path] = {}
         self.pipe_ = None
         for c in chosen:
