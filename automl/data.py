@@ -224,25 +224,35 @@ def split_test(dataset: Dataset, *, test_fraction: float = 0.2, seed: int = 0) -
         return dataset
     if not 0.0 < test_fraction < 1.0:
         raise ConfigError(f"test_fraction must be in (0, 1); got {test_fraction}.")
-    from sklearn.model_selection import train_test_split
-
     train = [i for i, it in enumerate(dataset.items) if it.split == "train"]
-    labels = np.array([dataset.items[i].label for i in train])
-    counts = Counter(labels.tolist())
-    n_test = int(np.ceil(test_fraction * len(train)))
-    small = [dataset.classes[c] for c, n in sorted(counts.items()) if n < 2]
-    if small or n_test < len(counts) or len(train) - n_test < len(counts):
+    labels = [dataset.items[i].label for i in train]
+    held = stratified_holdout(labels, test_fraction, seed)
+    if held is None:
+        counts = Counter(labels)
         raise DataError(
             f"{dataset.root}: cannot hold out a stratified {test_fraction:.0%} test split: every class "
             f"needs at least 2 images and each side at least one per class (class sizes: "
             f"{ {dataset.classes[c]: n for c, n in sorted(counts.items())} }). Add images, or provide "
             "train/ and test/ folders."
         )
-    _, test_idx = train_test_split(train, test_size=test_fraction, stratify=labels, random_state=seed)
-    test = set(test_idx)
+    test = {train[p] for p in held}
     items = [replace(it, split="test") if i in test else it for i, it in enumerate(dataset.items)]
     note = f"stratified {test_fraction:g} of train held out as test (seed {seed})"
     return replace(dataset, items=items, split_note=note)
+
+
+def stratified_holdout(labels: list[int], fraction: float, seed: int) -> set[int] | None:
+    """Positions of a stratified, seeded ``fraction`` of ``labels`` (the same labels and seed always
+    give the same positions); None when that cannot be done: a class with fewer than 2 images, or a
+    side with fewer images than there are classes. The caller words the error."""
+    from sklearn.model_selection import train_test_split
+
+    counts = Counter(labels)
+    n_held = int(np.ceil(fraction * len(labels)))
+    if min(counts.values()) < 2 or n_held < len(counts) or len(labels) - n_held < len(counts):
+        return None
+    _, held = train_test_split(list(range(len(labels))), test_size=fraction, stratify=labels, random_state=seed)
+    return set(held)
 
 
 # --- folders -----------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from automl.cache import atomic_write, remove_stale_temporaries
-from automl.data import Dataset, Item, fingerprint_array, load_dataset
+from automl.data import Dataset, Item, fingerprint_array, load_dataset, stratified_holdout
 from automl.errors import ConfigError, DataError
 from automl.extract import EXTRACTORS, check_image_size, parse_weights
 from automl.registry import canonical
@@ -324,17 +324,15 @@ def _validation_split(dataset: Dataset, items: list[Item], fraction: float, seed
     if val:
         note = "the data's val split"
     else:
-        from sklearn.model_selection import train_test_split
-
         labels = [it.label for it in train]
-        counts = {c: labels.count(c) for c in set(labels)}
-        n_val = math.ceil(fraction * len(train))
-        if min(counts.values()) < 2 or n_val < len(counts) or len(train) - n_val < len(counts):
+        held = stratified_holdout(labels, fraction, seed)
+        if held is None:
+            counts = {c: labels.count(c) for c in set(labels)}
             raise DataError(f"{dataset.root}: cannot hold out a stratified {fraction:g} validation split (class "
                             f"sizes {({dataset.classes[c]: n for c, n in sorted(counts.items())})}); every class "
                             "needs at least 2 images. Add images, a val/ split, or raise --val-fraction.")
-        tr, va = train_test_split(list(range(len(train))), test_size=fraction, stratify=labels, random_state=seed)
-        train, val = [train[i] for i in sorted(tr)], [train[i] for i in sorted(va)]
+        train, val = ([it for i, it in enumerate(train) if i not in held],
+                      [it for i, it in enumerate(train) if i in held])
         note = f"stratified {fraction:g} of train (seed {seed})"
     if len({it.label for it in train}) < 2:
         raise DataError(f"{dataset.root}: pretraining needs at least 2 classes in the training images.")
