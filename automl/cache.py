@@ -113,11 +113,11 @@ def remove_stale_temporaries(folder: Path) -> None:
             pid = int(tmp.name.split("-")[1])
         except (IndexError, ValueError):
             continue
-        if not _process_alive(pid):
+        if not process_alive(pid):
             tmp.unlink(missing_ok=True)
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

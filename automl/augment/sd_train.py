@@ -21,8 +21,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from automl.augment.sd_common import (estimate, image_seed, inference_dtype, is_sdxl, load_pipeline, quiet_loading,
-                                      release,
-                                      run_pipeline, training_precision, warn_cpu)
+                                      release, run_pipeline, training_precision, warn_cpu)
+from automl.cache import atomic_write, process_alive
 
 DONE = "complete.json"  # written last into the temp folder; a folder without it is never used
 
@@ -49,7 +49,7 @@ def save_atomic(final: Path, write: Callable[[Path], None], meta: dict) -> None:
     final.parent.mkdir(parents=True, exist_ok=True)
     for stale in final.parent.glob(f".{final.name}.tmp-*"):
         pid = stale.name.rsplit("-", 2)[-2]
-        if not (pid.isdigit() and _alive(int(pid))):
+        if not (pid.isdigit() and process_alive(int(pid))):
             shutil.rmtree(stale, ignore_errors=True)
     tmp = final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     tmp.mkdir()
@@ -65,16 +65,6 @@ def save_atomic(final: Path, write: Callable[[Path], None], meta: dict) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    return True
 
 
 # ---------------------------------------------------------------- prior-preservation class images
@@ -106,9 +96,7 @@ def class_images(folder: Path, out: Path, prompt: str, n: int, *, label: int, se
                 image, = run_pipeline(pipe, [prompt], [image_seed(seed, label, k, "prior")], batch_size=1,
                                       num_inference_steps=steps, guidance_scale=7.5, height=p["resolution"],
                                       width=p["resolution"], timer=timer)
-                tmp = out / f".{k:05d}.{os.getpid()}.png"
-                Image.fromarray(image).save(tmp)
-                os.replace(tmp, out / f"{k:05d}.png")
+                atomic_write(out / f"{k:05d}.png", lambda f: Image.fromarray(image).save(f, format="PNG"))
                 bar.update(1)
         finally:
             bar.close()
