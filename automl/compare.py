@@ -63,9 +63,8 @@ def compare(recipe, *, progress: bool = True) -> Comparison:
         bar.set_postfix_str(f"seed {seed}")
         results = fit_variants(recipe.model_copy(update={"seed": seed}), variants, progress=progress)
         for label, result in zip(labels, results):
-            runs[label].append({"seed": seed, "run": result.run_id, "test": result.record["test"],
-                                "cv": result.record["best"]["cv_score"], "best": result.record["best"]["pipeline"],
-                                "augment": result.record["augment"]})
+            runs[label].append({"run": result.run_id, "test": result.record["test"],
+                                "best": result.record["best"]["pipeline"]})
     bar.close()
     record = summarize(runs, labels, VERDICT_METRIC[recipe.metric], seed=recipe.seed)
     record.update({"data": recipe.data, "metric": recipe.metric, "repeats": recipe.repeats, "seeds": seeds,

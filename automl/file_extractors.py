@@ -235,12 +235,8 @@ def _input_side(path: Path, shape) -> tuple[int, int]:
 
 
 def _pool(path: Path, out: np.ndarray) -> np.ndarray:
-    if out.ndim == 4:
-        return out.mean(axis=(1, 2))
-    if out.ndim == 2:
-        return out
-    raise DataError(f"{path}: the model's output has shape {out.shape}; an extractor must output a vector "
-                    "(batch, features) or a feature map (batch, height, width, channels).")
+    _check_output_rank(path, out.shape)
+    return out.mean(axis=(1, 2)) if out.ndim == 4 else out
 
 
 def _check_output_rank(path: Path, shape) -> None:
