@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from typing import Callable, Generic, Iterator, TypeVar
 
 from automl.errors import ConfigError
@@ -22,7 +24,10 @@ class Registry(Generic[T]):
         self._items: dict[str, T] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
+        """A decorator (or a call on a value): ``@HEADS.register("svc-rbf")`` in the component's own file."""
         key = canonical(name)
+        if key != name.strip():
+            raise ValueError(f"{self.kind} name {name!r} is not canonical kebab-case ({key!r})")
 
         def add(item: T) -> T:
             if key in self._items:
@@ -48,3 +53,12 @@ class Registry(Generic[T]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
+
+
+def discover(package: str) -> None:
+    """Import every module of ``package`` (not those starting with ``_``), so each registers its
+    components through its own decorator: adding a component is adding its file, no list to keep."""
+    module = importlib.import_module(package)
+    for info in pkgutil.iter_modules(module.__path__):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"{package}.{info.name}")

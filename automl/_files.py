@@ -1,0 +1,130 @@
+"""File primitives every writer of the store uses. Imports nothing of the project.
+
+One rule for all of them: write under a temporary name that carries the writer's process id, then
+rename into place, so a reader never sees half a file or folder, a killed writer leaves only a
+temporary (removed by the next writer once its process is gone), and two writers of the same
+content at worst both write it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import uuid
+from contextlib import contextmanager
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable, Iterator
+
+TMP_PREFIX = ".tmp-"
+
+
+def temporary_sibling(path: Path) -> Path:
+    """``.tmp-<pid>-<random>-<name>`` beside ``path``: unique, and owned by this process."""
+    return path.with_name(f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}-{path.name}")
+
+
+def temporary_owner(path: Path) -> int | None:
+    """The process id in a temporary's name, or None for a name that is not one of ours."""
+    if not path.name.startswith(TMP_PREFIX):
+        return None
+    pid = path.name[len(TMP_PREFIX):].split("-", 1)[0]
+    return int(pid) if pid.isdigit() else None
+
+
+def atomic_write(path: Path, write: Callable) -> None:
+    """Write through ``write(file)`` (a binary file object) to a temporary sibling, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_sibling(path)
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+@contextmanager
+def atomic_folder(final: Path, *, replace: bool = False) -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``final``; when the block ends without an error it is
+    renamed to ``final`` (all or nothing). With ``replace``, an existing ``final`` is swapped out;
+    without it, an existing ``final`` (another writer finished first) is kept and the new one dropped.
+    Temporaries of killed writers beside it are removed first."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(final.parent)
+    tmp = temporary_sibling(final)
+    tmp.mkdir()
+    try:
+        yield tmp
+        if final.exists() and replace:
+            old = temporary_sibling(final)
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        elif not final.exists():
+            os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def remove_stale_temporaries(folder: Path) -> None:
+    """Delete the temporaries (files or folders) in ``folder`` whose writer process no longer exists."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    for tmp in folder.glob(f"{TMP_PREFIX}*"):
+        pid = temporary_owner(tmp)
+        if pid is None or process_alive(pid):
+            continue
+        if tmp.is_dir() and not tmp.is_symlink():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@lru_cache(maxsize=64)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def file_digest(path: Path) -> str:
+    """128-bit blake2b of a file's bytes (memoised per path, size and modification time)."""
+    path = Path(path)
+    st = path.stat()
+    return _file_digest(str(path.resolve()), st.st_size, st.st_mtime_ns)
+
+
+def content_digest(path: Path) -> str:
+    """``file_digest`` of a file, or a digest of every file of a folder (relative names and bytes)."""
+    path = Path(path)
+    if path.is_file():
+        return file_digest(path)
+    h = hashlib.blake2b(digest_size=16)
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(path)).encode() + b"\0" + file_digest(f).encode())
+    return h.hexdigest()
