@@ -14,3 +14,15 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"
+
+# The Python API (automl.api), loaded on first use so that ``import automl`` stays light.
+_API = ("fit", "compare", "load_run", "Run")
+__all__ = list(_API)
+
+
+def __getattr__(name: str):
+    if name in _API:
+        from automl import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'automl' has no attribute {name!r}")

@@ -26,6 +26,7 @@ from automl.embed import EmbedResult, embed_items
 from automl.errors import AutomlError, ConfigError
 from automl.extract import (DEFAULT_IMAGE_SIZE, EXTRACTORS, build_extractor, canonical_extractor, extractor_key,
                             parse_weights)
+from automl.runs import BestPipeline, ModelBundle, RunRecord, new_run_id, write_run
 from automl.store import Store
 
 
@@ -65,7 +66,7 @@ def embed_dataset(
 class FitResult:
     run_id: str
     run_dir: Path
-    record: dict  # what run.json holds
+    record: RunRecord  # what run.json holds
     leaderboard: list[dict]
     embeddings: list[EmbedResult] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # warnings worth showing the user
@@ -116,33 +117,71 @@ def fit_variants(recipe, variants: Sequence, *, progress: bool = True) -> list[F
 
 def _fit_one(recipe, dataset: Dataset, store: Store, spec, notes: list[str], progress: bool,
              baseline_id: str | None = None) -> FitResult:
-    from automl.evaluate import evaluation_report, full_proba
-    from automl.runs import ModelBundle, new_run_id, write_run
-    from automl.search import SyntheticRows, candidate_of, leaderboard, run_search, study_name
+    """One run, as named stages: augment (train split only), embed, search, refit, evaluate, save."""
+    keys = _extractor_keys(recipe)
+    train, synthetic = _augment_stage(recipe, dataset, store, spec, progress)
+    data = _embed_stage(train, synthetic, keys, store, recipe, progress)
+    study, storage = _search_stage(data, keys, store, recipe, progress)
+    best = _best_trial(study)
+    from automl.search import candidate_of
 
-    # The recipe has validated every name and value (metric, heads, extractors) already.
-    metric, heads = recipe.metric, list(recipe.heads)
-    names = [canonical_extractor(n) for n in recipe.extractors]
+    candidate = candidate_of(best)
+    head = _refit_stage(candidate, data, recipe, notes)
+    evaluation = _evaluate_stage(head, candidate, dataset, keys, store, recipe, progress)
+    record = _run_record(recipe, dataset, data, study, storage, best, candidate, keys, evaluation, baseline_id)
+    run_dir = _save_stage(record, recipe, dataset, data, head, candidate, keys, evaluation, study, store)
+    return FitResult(record.id, run_dir, record, _board(study), data.embedded + [evaluation.embedded], notes)
+
+
+def _extractor_keys(recipe) -> dict:
+    """The cache key of every extractor in the search, resolved before any work (a typo fails fast)."""
     opts = dict(weights=recipe.weights, image_size=recipe.image_size, precision=recipe.precision, seed=recipe.seed)
-    keys = {n: extractor_key(n, **opts) for n in names}
+    return {n: extractor_key(n, **opts) for n in (canonical_extractor(n) for n in recipe.extractors)}
 
-    # The training split (val folded in: cross-validation replaces it) is all the search and any
-    # augmenter see; the test split is touched once, at the end.
+
+def _augment_stage(recipe, dataset: Dataset, store: Store, spec, progress: bool):
+    """The training split (val folded in: cross-validation replaces it), plus synthetic images for ``spec``.
+    Augmenters see the training split only; the test split is touched once, at the end."""
     train = [it for it in dataset.items if it.split != "test"]
-    test = dataset.split("test")
-    synthetic = None
-    if spec is not None:
-        from automl.augment.generate import augment
+    if spec is None:
+        return train, None
+    from automl.augment.generate import augment
 
-        store.ensure()
-        synthetic = augment(train, dataset.classes, spec, generated_dir=store.generated_dir,
-                            generators_dir=store.generators_dir, seed=recipe.seed, progress=progress)
-        train = synthetic.real + synthetic.items
-    embedded = {n: _embed(train, n, keys[n], store, opts, recipe, progress) for n in names}
+    store.ensure()
+    synthetic = augment(train, dataset.classes, spec, generated_dir=store.generated_dir,
+                        generators_dir=store.generators_dir, seed=recipe.seed, progress=progress)
+    return synthetic.real + synthetic.items, synthetic
+
+
+@dataclass
+class SearchData:
+    """The search's input: one feature matrix per extractor, labels, fold groups and synthetic rows."""
+
+    items: list  # the training items (real, then synthetic), indexed by ``kept``
+    kept: list[int]  # items every extractor embedded (an undecodable one is left out everywhere)
+    features: dict[str, np.ndarray]
+    y: np.ndarray
+    groups: np.ndarray  # identical images share a group, so no fold validates on a copy of a training image
+    synthetic_rows: object  # automl.search.SyntheticRows, or None
+    synthetic: object  # automl.augment.generate.Synthetic, or None
+    embedded: list[EmbedResult]
+
+    def fit_rows(self) -> np.ndarray:
+        """The rows the final model is fitted on: all, or the synthetic ones alone (synthetic-only)."""
+        rows = self.synthetic_rows
+        return np.arange(len(self.y)) if rows is None or rows.train_real else np.array(rows.rows)
+
+    def n_synthetic(self) -> int:
+        return 0 if self.synthetic_rows is None else len(self.synthetic_rows.rows)
+
+
+def _embed_stage(train: list, synthetic, keys: dict, store: Store, recipe, progress: bool) -> SearchData:
+    from automl.search import SyntheticRows
+
+    embedded = {n: _embed(train, n, key, store, recipe, progress) for n, key in keys.items()}
     kept = sorted(set.intersection(*(set(r.kept) for r in embedded.values())))
     features = {n: _rows(r, kept) for n, r in embedded.items()}
     y = np.array([train[i].label for i in kept])
-    # Identical images share a group, so no fold validates on a copy of one of its training images.
     group_of: dict[str, int] = {}
     groups = np.array([group_of.setdefault(train[i].fingerprint, len(group_of)) for i in kept])
     rows = None
@@ -153,84 +192,113 @@ def _fit_one(recipe, dataset: Dataset, store: Store, spec, notes: list[str], pro
         rows = SyntheticRows(tuple(syn_rows), tuple(tuple(group_of[fp] for fp in fps if fp in group_of)
                                                     for fps in sources),
                              train_real=synthetic.train_on_real)
+    return SearchData(train, kept, features, y, groups, rows, synthetic, list(embedded.values()))
+
+
+def _search_stage(data: SearchData, keys: dict, store: Store, recipe, progress: bool):
+    from automl.search import run_search, study_name
 
     store.ensure()  # SQLite needs the folder
     storage = recipe.storage or store.optuna_url
-    name = study_name(_fingerprint(train, kept, synthetic), [keys[n].slug() for n in names], heads, metric,
-                      recipe.cv, recipe.seed)
-    study = run_search(features, y, heads=heads, metric=metric, cv=recipe.cv, seed=recipe.seed, storage=storage,
-                       name=name, n_trials=recipe.trials, timeout=recipe.timeout, groups=groups, synthetic=rows,
-                       progress=progress)
-    best = _best_trial(study)
-    candidate = candidate_of(best)
-    fit_rows = np.arange(len(y)) if rows is None or rows.train_real else np.array(rows.rows)
+    name = study_name(_fingerprint(data.items, data.kept, data.synthetic), [k.slug() for k in keys.values()],
+                      list(recipe.heads), recipe.metric, recipe.cv, recipe.seed)
+    study = run_search(data.features, data.y, heads=list(recipe.heads), metric=recipe.metric, cv=recipe.cv,
+                       seed=recipe.seed, storage=storage, name=name, n_trials=recipe.trials, timeout=recipe.timeout,
+                       groups=data.groups, synthetic=data.synthetic_rows, progress=progress)
+    return study, storage
+
+
+def _refit_stage(candidate, data: SearchData, recipe, notes: list[str]):
+    """The best pipeline refitted on the whole training split; its warnings become notes for the user."""
+    rows = data.fit_rows()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        head = candidate.build(recipe.seed).fit(features[candidate.extractor][fit_rows], y[fit_rows])
+        head = candidate.build(recipe.seed).fit(data.features[candidate.extractor][rows], data.y[rows])
     notes += [f"refitting {candidate.describe()}: {w.message}" for w in caught
               if issubclass(w.category, (UserWarning, RuntimeWarning))]
+    return head
 
-    # The one look at the test split: embedded with the chosen extractor only, scored once.
-    test_result = _embed(test, candidate.extractor, keys[candidate.extractor], store, opts, recipe, progress)
-    test_items = [test[i] for i in test_result.kept]
-    y_test = np.array([it.label for it in test_items])
-    proba = full_proba(head, test_result.embeddings, len(dataset.classes))
-    report = evaluation_report(y_test, proba, dataset.classes)
 
-    board = leaderboard(study)
-    run_id = new_run_id()
-    record = {
-        "id": run_id,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "name": recipe.name,
-        "data": str(dataset.root),
-        "layout": dataset.layout,
-        "classes": dataset.classes,
-        "counts": dataset.counts(),
-        "split": dataset.split_note,
-        "metric": metric,
-        "cv": recipe.cv,
-        "seed": recipe.seed,
-        "augment": None if synthetic is None else synthetic.record,
-        "baseline_run": baseline_id,
-        "train_images": {"real": int(len(y) - (0 if rows is None else len(rows.rows))),
-                         "synthetic": 0 if rows is None else len(rows.rows), "fitted_on": int(len(fit_rows))},
-        "best": {"pipeline": candidate.describe(), "extractor": candidate.extractor, "head": candidate.head,
-                 "params": candidate.params, "cv_score": best.value, "trial": best.number,
-                 "fold_scores": best.user_attrs.get("fold_scores")},
-        "references": [r for r in board if r["reference"]],
-        "trials": _trial_counts(study),
-        "study": {"name": study.study_name, "storage": _redact(storage)},
-        "extractor_key": keys[candidate.extractor].to_dict(),
-        "test": {k: v for k, v in report.items() if k not in ("per_class", "confusion_matrix")},
-        "versions": library_versions(),
-    }
+@dataclass
+class Evaluation:
+    """The one look at the test split: embedded with the chosen extractor only, scored once."""
+
+    embedded: EmbedResult
+    items: list
+    proba: np.ndarray
+    report: dict  # automl.evaluate.evaluation_report
+
+
+def _evaluate_stage(head, candidate, dataset: Dataset, keys: dict, store: Store, recipe, progress: bool) -> Evaluation:
+    from automl.evaluate import evaluation_report, full_proba
+
+    test = dataset.split("test")
+    embedded = _embed(test, candidate.extractor, keys[candidate.extractor], store, recipe, progress)
+    items = [test[i] for i in embedded.kept]
+    proba = full_proba(head, embedded.embeddings, len(dataset.classes))
+    report = evaluation_report(np.array([it.label for it in items]), proba, dataset.classes)
+    return Evaluation(embedded, items, proba, report)
+
+
+def _run_record(recipe, dataset: Dataset, data: SearchData, study, storage: str, best, candidate, keys: dict,
+                evaluation: Evaluation, baseline_id: str | None) -> RunRecord:
+    from automl.search import leaderboard
+
+    return RunRecord(
+        id=new_run_id(), created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), name=recipe.name, data=str(dataset.root),
+        layout=dataset.layout, classes=dataset.classes, counts=dataset.counts(), split=dataset.split_note,
+        metric=recipe.metric, cv=recipe.cv, seed=recipe.seed,
+        augment=None if data.synthetic is None else data.synthetic.record, baseline_run=baseline_id,
+        train_images={"real": int(len(data.y) - data.n_synthetic()), "synthetic": data.n_synthetic(),
+                      "fitted_on": int(len(data.fit_rows()))},
+        best=BestPipeline(candidate.describe(), candidate.extractor, candidate.head, candidate.params, best.value,
+                          best.number, best.user_attrs.get("fold_scores")),
+        references=[r for r in leaderboard(study) if r["reference"]], trials=_trial_counts(study),
+        study={"name": study.study_name, "storage": _redact(storage)},
+        extractor_key=keys[candidate.extractor].to_dict(),
+        test={k: v for k, v in evaluation.report.items() if k not in ("per_class", "confusion_matrix")},
+        versions=library_versions())
+
+
+def _save_stage(record: RunRecord, recipe, dataset: Dataset, data: SearchData, head, candidate, keys: dict,
+                evaluation: Evaluation, study, store: Store) -> Path:
+    """The run folder, written all or nothing: record, recipe, split, metrics, leaderboard, predictions, model."""
+    from automl.recipe import recipe_to_yaml
+
     weights = parse_weights(recipe.weights)
     bundle = ModelBundle(keys[candidate.extractor].to_dict(), "none" if weights is None else str(weights), recipe.seed,
                          candidate.head, head, dataset.classes, __version__, source=candidate.extractor)
-    from automl.recipe import recipe_to_yaml
-
     files = {
-        "run.json": lambda p: p.write_text(json.dumps(record, indent=2, default=_json_default)),
+        "run.json": lambda p: p.write_text(_json(record.to_dict())),
         "recipe.yaml": lambda p: p.write_text(recipe_to_yaml(recipe)),
         "split.json": lambda p: p.write_text(json.dumps(dataset.split_record(), indent=1)),
-        "metrics.json": lambda p: p.write_text(json.dumps(report, indent=2, default=_json_default)),
-        "leaderboard.json": lambda p: p.write_text(json.dumps(board, indent=2, default=_json_default)),
-        "predictions.csv": lambda p: _write_predictions(p, test_items, proba, dataset.classes),
+        "metrics.json": lambda p: p.write_text(_json(evaluation.report)),
+        "leaderboard.json": lambda p: p.write_text(_json(_board(study))),
+        "predictions.csv": lambda p: _write_predictions(p, evaluation.items, evaluation.proba, dataset.classes),
         "model.joblib": bundle.save,
     }
-    if synthetic is not None:
+    if data.synthetic is not None:
         from automl.augment.generate import sample_grid
 
-        files["samples.png"] = lambda p: sample_grid(synthetic.items, dataset.classes, p)
-    run_dir = write_run(store.runs_dir, run_id, files)
-    return FitResult(run_id, run_dir, record, board, list(embedded.values()) + [test_result], notes)
+        files["samples.png"] = lambda p: sample_grid(data.synthetic.items, dataset.classes, p)
+    return write_run(store.runs_dir, record.id, files)
 
 
-def _embed(items, name: str, key, store: Store, opts: dict, recipe, progress: bool) -> EmbedResult:
+def _board(study) -> list[dict]:
+    from automl.search import leaderboard
+
+    return leaderboard(study)
+
+
+def _json(value) -> str:
+    return json.dumps(value, indent=2, default=_json_default)
+
+
+def _embed(items, name: str, key, store: Store, recipe, progress: bool) -> EmbedResult:
     return embed_items(items, key, store.embedding_cache,
-                       lambda: build_extractor(name, **opts), batch_size=recipe.batch_size,
-                       skip_bad=recipe.skip_bad, progress=progress)
+                       lambda: build_extractor(name, weights=recipe.weights, image_size=recipe.image_size,
+                                               precision=recipe.precision, seed=recipe.seed),
+                       batch_size=recipe.batch_size, skip_bad=recipe.skip_bad, progress=progress)
 
 
 def _rows(result: EmbedResult, kept: list[int]) -> np.ndarray:
@@ -320,17 +388,15 @@ def library_versions() -> dict:
 # --- predict -------------------------------------------------------------------------------------
 
 
-def predict(run_ref: str, paths: list[str], store: Store, *, skip_bad: bool = False, batch_size: int | None = None,
-            progress: bool = True) -> tuple[list[dict], list]:
-    """Class and probabilities for each image, with the extractor and head of a saved run."""
+def predict(run_dir: Path, paths: Sequence[str], store: Store, *, skip_bad: bool = False,
+            batch_size: int | None = None, progress: bool = True) -> tuple[list[dict], list]:
+    """Class and probabilities for each image, with the extractor and head saved in ``run_dir``."""
     from automl.data import load_images
     from automl.evaluate import full_proba
-    from automl.runs import ModelBundle, find_run
 
-    run_dir = find_run(store.runs_dir, run_ref)
-    bundle = ModelBundle.load(run_dir / "model.joblib")
+    bundle = ModelBundle.load(Path(run_dir) / "model.joblib")
     key = bundle.extractor_key()
-    items, bad = load_images(paths, skip_bad=skip_bad)
+    items, bad = load_images(list(paths), skip_bad=skip_bad)
     source = bundle.source or key.extractor
     result = embed_items(items, key, store.embedding_cache,
                          lambda: build_extractor(source, weights=bundle.weights, image_size=key.image_size,

@@ -11,7 +11,7 @@ import os
 import secrets
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable
 
@@ -63,6 +63,68 @@ def find_run(runs_dir: Path, ref: str) -> Path:
         known = ", ".join(ids[-5:]) if ids else "none yet"
         raise StoreError(f"no run {ref!r} in {runs_dir} (latest: {known}); `automl runs` lists them.")
     raise StoreError(f"run id prefix {ref!r} matches {len(matches)} runs ({', '.join(matches)}); give more of it.")
+
+
+@dataclass(frozen=True)
+class BestPipeline:
+    """What the search chose: the pipeline as shown, its parts, its CV score and trial."""
+
+    pipeline: str
+    extractor: str
+    head: str
+    params: dict
+    cv_score: float
+    trial: int
+    fold_scores: list | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunRecord:
+    """What ``run.json`` holds: the pipeline writes it, the CLI, ``compare`` and reports read it.
+
+    Field order is the file's key order. Runs written before a field existed read it as its default.
+    """
+
+    id: str
+    created: str
+    name: str | None = None
+    data: str
+    layout: str
+    classes: list[str]
+    counts: dict[str, dict[str, int]]
+    split: str
+    metric: str
+    cv: int
+    seed: int
+    augment: dict | None = None  # the augmentation's own record (variant, mix, per-class counts, folders)
+    baseline_run: str | None = None  # the original-data run an augmented run is compared with
+    train_images: dict | None = None  # {"real", "synthetic", "fitted_on"}
+    best: BestPipeline
+    references: list[dict] = field(default_factory=list)  # the study's published setups, as ranked
+    trials: dict[str, int] = field(default_factory=dict)  # trial count per state
+    study: dict = field(default_factory=dict)  # {"name", "storage"} (password redacted)
+    extractor_key: dict = field(default_factory=dict)  # the chosen extractor's cache key
+    test: dict  # the headline test metrics (automl.evaluate's keys), scored once
+    versions: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "RunRecord":
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}  # keys of a newer automl are ignored
+        values["best"] = BestPipeline(**{k: v for k, v in data["best"].items()
+                                         if k in {f.name for f in fields(BestPipeline)}})
+        return cls(**values)
+
+    @classmethod
+    def read(cls, folder: Path) -> "RunRecord":
+        path = Path(folder) / "run.json"
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise StoreError(f"cannot read the run record {path}: {exc}. Remove that run folder or restore it.") from exc
 
 
 @dataclass

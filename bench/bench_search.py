@@ -91,11 +91,11 @@ def main() -> None:
                                store=args.store, cv=args.cv, metric=args.metric, seed=seeds[0])
     dataset = load_dataset(recipe.data)
     store = Store(recipe.store)
-    opts = dict(weights=recipe.weights, image_size=recipe.image_size, precision=recipe.precision, seed=0)
+    opts = dict(weights=recipe.weights, image_size=recipe.image_size, precision=recipe.precision, seed=recipe.seed)
     train = [it for it in dataset.items if it.split != "test"]
     test = dataset.split("test")
     keys = {n: extractor_key(n, **opts) for n in names}
-    features = {n: _embed(train, n, keys[n], store, opts, recipe, True).embeddings for n in names}
+    features = {n: _embed(train, n, keys[n], store, recipe, True).embeddings for n in names}
     y = np.array([it.label for it in train])
     n_classes = len(dataset.classes)
 
@@ -158,7 +158,7 @@ def main() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         head = candidate.build(seed).fit(features[candidate.extractor], y)
-    test_emb = _embed(test, candidate.extractor, keys[candidate.extractor], store, opts, recipe, True)
+    test_emb = _embed(test, candidate.extractor, keys[candidate.extractor], store, recipe, True)
     report = evaluation_report(np.array([it.label for it in test]), full_proba(head, test_emb.embeddings, n_classes),
                                dataset.classes)
     print(f"\nBreastMNIST test (156 images), best of seed {seed}: {candidate.describe()}; weights {args.weights}")
