@@ -24,8 +24,7 @@ from automl import __version__
 from automl.data import Dataset
 from automl.embed import EmbedResult, embed_items
 from automl.errors import AutomlError, ConfigError
-from automl.extract import (DEFAULT_IMAGE_SIZE, EXTRACTORS, build_extractor, canonical_extractor, extractor_key,
-                            parse_weights)
+from automl.extractors import DEFAULT_IMAGE_SIZE, EXTRACTORS, Weights, build_extractor, resolve
 from automl.store import Store
 
 
@@ -42,16 +41,17 @@ def embed_dataset(
     skip_bad: bool = False,
     progress: bool = True,
 ) -> list[EmbedResult]:
-    """Embed every image of every split with each extractor, reusing the store's cache."""
-    names = [canonical_extractor(n) for n in (extractors or EXTRACTORS.names())]
+    """Embed every image of every split with each extractor (names as ``resolve`` takes them, the
+    store's pretrained ones too), reusing the store's cache."""
     # Resolve every name and option before any work, so a typo fails fast and writes nothing.
-    keys = [extractor_key(n, weights=weights, image_size=image_size, precision=precision, seed=seed)
-            for n in names]
+    specs = [resolve(n, store) for n in (extractors or EXTRACTORS.names())]
+    weights = Weights.parse(weights)
+    keys = [spec.key(weights=weights, image_size=image_size, precision=precision, seed=seed) for spec in specs]
     results = []
-    for name, key in zip(names, keys):
+    for spec, key in zip(specs, keys):
         results.append(embed_items(
             dataset.items, key, store.embedding_cache,
-            lambda name=name: build_extractor(name, weights=weights, image_size=image_size,
+            lambda spec=spec: build_extractor(spec, weights=weights, image_size=image_size,
                                               precision=precision, seed=seed),
             batch_size=batch_size, skip_bad=skip_bad, progress=progress,
         ))
@@ -122,9 +122,11 @@ def _fit_one(recipe, dataset: Dataset, store: Store, spec, notes: list[str], pro
 
     # The recipe has validated every name and value (metric, heads, extractors) already.
     metric, heads = recipe.metric, list(recipe.heads)
-    names = [canonical_extractor(n) for n in recipe.extractors]
-    opts = dict(weights=recipe.weights, image_size=recipe.image_size, precision=recipe.precision, seed=recipe.seed)
-    keys = {n: extractor_key(n, **opts) for n in names}
+    specs = {spec.name: spec for spec in (resolve(n, store) for n in recipe.extractors)}
+    names = list(specs)
+    weights = Weights.parse(recipe.weights)
+    opts = dict(weights=weights, image_size=recipe.image_size, precision=recipe.precision, seed=recipe.seed)
+    keys = {n: spec.key(**opts) for n, spec in specs.items()}
 
     # The training split (val folded in: cross-validation replaces it) is all the search and any
     # augmenter see; the test split is touched once, at the end.
@@ -138,7 +140,7 @@ def _fit_one(recipe, dataset: Dataset, store: Store, spec, notes: list[str], pro
         synthetic = augment(train, dataset.classes, spec, generated_dir=store.generated_dir,
                             generators_dir=store.generators_dir, seed=recipe.seed, progress=progress)
         train = synthetic.real + synthetic.items
-    embedded = {n: _embed(train, n, keys[n], store, opts, recipe, progress) for n in names}
+    embedded = {n: _embed(train, specs[n], keys[n], store, opts, recipe, progress) for n in names}
     kept = sorted(set.intersection(*(set(r.kept) for r in embedded.values())))
     features = {n: _rows(r, kept) for n, r in embedded.items()}
     y = np.array([train[i].label for i in kept])
@@ -171,7 +173,7 @@ def _fit_one(recipe, dataset: Dataset, store: Store, spec, notes: list[str], pro
               if issubclass(w.category, (UserWarning, RuntimeWarning))]
 
     # The one look at the test split: embedded with the chosen extractor only, scored once.
-    test_result = _embed(test, candidate.extractor, keys[candidate.extractor], store, opts, recipe, progress)
+    test_result = _embed(test, specs[candidate.extractor], keys[candidate.extractor], store, opts, recipe, progress)
     test_items = [test[i] for i in test_result.kept]
     y_test = np.array([it.label for it in test_items])
     proba = full_proba(head, test_result.embeddings, len(dataset.classes))
@@ -205,8 +207,7 @@ def _fit_one(recipe, dataset: Dataset, store: Store, spec, notes: list[str], pro
         "test": {k: v for k, v in report.items() if k not in ("per_class", "confusion_matrix")},
         "versions": library_versions(),
     }
-    weights = parse_weights(recipe.weights)
-    bundle = ModelBundle(keys[candidate.extractor].to_dict(), "none" if weights is None else str(weights), recipe.seed,
+    bundle = ModelBundle(keys[candidate.extractor].to_dict(), weights.record(), recipe.seed,
                          candidate.head, head, dataset.classes, __version__, source=candidate.extractor)
     from automl.recipe import recipe_to_yaml
 
@@ -227,9 +228,9 @@ def _fit_one(recipe, dataset: Dataset, store: Store, spec, notes: list[str], pro
     return FitResult(run_id, run_dir, record, board, list(embedded.values()) + [test_result], notes)
 
 
-def _embed(items, name: str, key, store: Store, opts: dict, recipe, progress: bool) -> EmbedResult:
+def _embed(items, spec, key, store: Store, opts: dict, recipe, progress: bool) -> EmbedResult:
     return embed_items(items, key, store.embedding_cache,
-                       lambda: build_extractor(name, **opts), batch_size=recipe.batch_size,
+                       lambda: build_extractor(spec, **opts), batch_size=recipe.batch_size,
                        skip_bad=recipe.skip_bad, progress=progress)
 
 
@@ -331,10 +332,7 @@ def predict(run_ref: str, paths: list[str], store: Store, *, skip_bad: bool = Fa
     bundle = ModelBundle.load(run_dir / "model.joblib")
     key = bundle.extractor_key()
     items, bad = load_images(paths, skip_bad=skip_bad)
-    source = bundle.source or key.extractor
-    result = embed_items(items, key, store.embedding_cache,
-                         lambda: build_extractor(source, weights=bundle.weights, image_size=key.image_size,
-                                                 precision=key.precision, seed=bundle.seed),
+    result = embed_items(items, key, store.embedding_cache, bundle.build_extractor,
                          batch_size=batch_size, skip_bad=skip_bad, progress=progress)
     proba = full_proba(bundle.head, result.embeddings, len(bundle.classes)) if result.kept else np.zeros((0, 0))
     rows = []

@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from automl.data import load_dataset  # noqa: E402
 from automl.evaluate import evaluation_report, full_proba, score  # noqa: E402
-from automl.extract import extractor_key  # noqa: E402
+from automl.extractors import extractor_key  # noqa: E402
 from automl.heads import HEADS  # noqa: E402
 from automl.pipeline import _embed  # noqa: E402
 from automl.recipe import Recipe  # noqa: E402

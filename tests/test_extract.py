@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from automl.errors import ConfigError, WeightsUnavailableError
-from automl.extract import (EXTRACTORS, build_extractor, extractor_key, keras_backend, resolve_precision)
+from automl.extractors import (EXTRACTORS, build_extractor, extractor_key, keras_backend, resolve_precision)
 from conftest import ROOT, class_folders
 
 EXPECTED_DIM = {"inception-resnet-v2": 1536, "xception": 2048, "inception-v3": 2048}
