@@ -44,7 +44,7 @@ import numpy as np
 from automl.cache import atomic_write, remove_stale_temporaries
 from automl.data import Dataset, Item, fingerprint_array, load_dataset, stratified_holdout
 from automl.errors import ConfigError, DataError
-from automl.extractors import EXTRACTORS, Backbone, Weights, dtype_policy, import_keras
+from automl.extractors import DEFAULT_IMAGE_SIZE, EXTRACTORS, Backbone, Weights, dtype_policy, import_keras
 from automl.extractors.pretrained import NAME
 from automl.registry import canonical
 from automl.store import Store
@@ -93,7 +93,7 @@ def pretrain(
     *,
     extractor: str = "inception-v3",
     weights: str | os.PathLike | None = "imagenet",
-    image_size: int = 299,
+    image_size: int = DEFAULT_IMAGE_SIZE,
     epochs: int = 10,
     freeze_until: str | None = None,
     name: str | None = None,

@@ -101,7 +101,7 @@ def test_weights_are_parsed_once_and_keep_their_forms(tmp_path):
     for text in ("none", "None", " random ", None):
         assert Weights.parse(text) == Weights("random") and str(Weights.parse(text)) == "none"
     assert Weights.parse("ImageNet") == Weights("imagenet") and str(Weights("imagenet")) == "imagenet"
-    assert (Weights.keyword("RANDOM"), Weights.keyword("imagenet"), Weights.keyword("w.h5")) == ("none", "imagenet", None)
+    assert [Weights.keyword(t) for t in ("RANDOM", "imagenet", "w.h5")] == ["none", "imagenet", None]
     path = tmp_path / "w.h5"
     path.write_bytes(b"weights")
     weights = Weights.parse(str(path))

@@ -100,7 +100,8 @@ def test_resolve_pretrained_names_from_the_store(tmp_path):
     with pytest.raises(UnknownExtractorError) as info:
         resolve("chest-v4", store)
     assert info.value.valid == NAMES + ["chest-v3"]
-    assert "unknown extractor 'chest-v4'; valid names: " in str(info.value) and str(store.extractors_dir) in str(info.value)
+    message = str(info.value)
+    assert "unknown extractor 'chest-v4'; valid names: " in message and str(store.extractors_dir) in message
     with pytest.raises(UnknownExtractorError, match="file:PATH"):
         resolve("chest-v3")  # no store, no store names
 

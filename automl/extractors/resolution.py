@@ -25,7 +25,7 @@ class UnknownExtractorError(ConfigError):
 
     def __init__(self, name: str, valid: list[str], store):
         self.name, self.valid = name, valid
-        where = f"built in, and made by `automl pretrain` in {store.extractors_dir}" if store is not None else "built in"
+        where = "built in" if store is None else f"built in, and made by `automl pretrain` in {store.extractors_dir}"
         super().__init__(f"unknown extractor {name!r}; valid names: {', '.join(valid)} ({where}), or file:PATH for a "
                          "model file.")
 

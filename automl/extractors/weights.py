@@ -98,7 +98,7 @@ class Weights:
         if self.kind == "random":
             return f"random:seed={int(seed)}:keras={metadata.version('keras')}"
         if self.missing:
-            raise WeightsUnavailableError(f"weights file not found: {self.path}. Restore it, or pass another --weights.")
+            raise WeightsUnavailableError(f"weights file not found: {self.path}. Restore it, or pass other --weights.")
         return f"file:{self.digest}"
 
     def record(self) -> dict:
