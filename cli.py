@@ -77,15 +77,13 @@ def embed(
     """Embed every image with the frozen extractors, reusing cached embeddings."""
     from automl.data import load_dataset
     from automl.pipeline import embed_dataset
-    from automl.pretrain import resolve_extractor_names
     from automl.report import table
     from automl.store import Store
 
-    names = resolve_extractor_names(_split_names(extractors), store)  # pretrained names -> their files
     dataset = load_dataset(data, skip_bad=skip_bad)
     _warn_dataset(dataset)
-    results = embed_dataset(
-        dataset, Store(store), names, weights=weights, image_size=image_size,
+    results = embed_dataset(  # resolves the names, the store's pretrained ones too
+        dataset, Store(store), _split_names(extractors), weights=weights, image_size=image_size,
         precision=precision, seed=seed, batch_size=batch_size, skip_bad=skip_bad, progress=progress)
     rows = [(r.key.extractor, r.key.precision, r.embeddings.shape[1] if r.embeddings.size else None,
              r.images, r.cache_hits, r.computed, r.images_per_s, round(r.seconds + r.build_seconds, 1))

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from automl.cache import EmbeddingCache
 from automl.data import BadFile, Item
 from automl.errors import DataError
-from automl.extract import Extractor, ExtractorKey
+from automl.extractors import Extractor, ExtractorKey
 
 FLUSH_EVERY = 256  # images per cache shard: the most a killed embed can lose
 

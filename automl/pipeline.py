@@ -24,8 +24,7 @@ from automl import __version__
 from automl.data import Dataset
 from automl.embed import EmbedResult, embed_items
 from automl.errors import AutomlError, ConfigError
-from automl.extract import (DEFAULT_IMAGE_SIZE, EXTRACTORS, build_extractor, canonical_extractor, extractor_key,
-                            parse_weights)
+from automl.extractors import DEFAULT_IMAGE_SIZE, EXTRACTORS, Weights, build_extractor, resolve
 from automl.runs import BestPipeline, ModelBundle, RunRecord, new_run_id, write_run
 from automl.store import Store
 
@@ -43,20 +42,36 @@ def embed_dataset(
     skip_bad: bool = False,
     progress: bool = True,
 ) -> list[EmbedResult]:
-    """Embed every image of every split with each extractor, reusing the store's cache."""
-    names = [canonical_extractor(n) for n in (extractors or EXTRACTORS.names())]
+    """Embed every image of every split with each extractor (names as ``resolve`` takes them, the
+    store's pretrained ones too), reusing the store's cache."""
     # Resolve every name and option before any work, so a typo fails fast and writes nothing.
-    keys = [extractor_key(n, weights=weights, image_size=image_size, precision=precision, seed=seed)
-            for n in names]
-    results = []
-    for name, key in zip(names, keys):
-        results.append(embed_items(
-            dataset.items, key, store.embedding_cache,
-            lambda name=name: build_extractor(name, weights=weights, image_size=image_size,
-                                              precision=precision, seed=seed),
-            batch_size=batch_size, skip_bad=skip_bad, progress=progress,
-        ))
-    return results
+    chosen = Extractors.resolve(extractors or EXTRACTORS.names(), store, weights=weights, image_size=image_size,
+                                precision=precision, seed=seed)
+    return [chosen.embed(dataset.items, name, store, batch_size=batch_size, skip_bad=skip_bad, progress=progress)
+            for name in chosen.specs]
+
+
+@dataclass
+class Extractors:
+    """The extractors of a fit or an embed, resolved once: spec and cache key per name, and the
+    settings every one of them is built with (the weights parsed once)."""
+
+    specs: dict  # canonical name -> ExtractorSpec
+    keys: dict  # canonical name -> ExtractorKey
+    settings: dict  # weights (a Weights), image_size, precision, seed
+
+    @classmethod
+    def resolve(cls, names, store: Store, *, weights, image_size: int, precision: str, seed: int) -> "Extractors":
+        specs = {spec.name: spec for spec in (resolve(n, store) for n in names)}
+        settings = dict(weights=Weights.parse(weights), image_size=image_size, precision=precision, seed=seed)
+        return cls(specs, {n: spec.key(**settings) for n, spec in specs.items()}, settings)
+
+    def embed(self, items, name: str, store: Store, *, batch_size: int | None, skip_bad: bool,
+              progress: bool) -> EmbedResult:
+        spec = self.specs[name]
+        return embed_items(items, self.keys[name], store.embedding_cache,
+                           lambda: build_extractor(spec, **self.settings), batch_size=batch_size,
+                           skip_bad=skip_bad, progress=progress)
 
 
 # --- fit -----------------------------------------------------------------------------------------
@@ -118,25 +133,20 @@ def fit_variants(recipe, variants: Sequence, *, progress: bool = True) -> list[F
 def _fit_one(recipe, dataset: Dataset, store: Store, spec, notes: list[str], progress: bool,
              baseline_id: str | None = None) -> FitResult:
     """One run, as named stages: augment (train split only), embed, search, refit, evaluate, save."""
-    keys = _extractor_keys(recipe)
+    extractors = Extractors.resolve(recipe.extractors, store, weights=recipe.weights, image_size=recipe.image_size,
+                              precision=recipe.precision, seed=recipe.seed)
     train, synthetic = _augment_stage(recipe, dataset, store, spec, progress)
-    data = _embed_stage(train, synthetic, keys, store, recipe, progress)
-    study, storage = _search_stage(data, keys, store, recipe, progress)
+    data = _embed_stage(train, synthetic, extractors, store, recipe, progress)
+    study, storage = _search_stage(data, extractors, store, recipe, progress)
     best = _best_trial(study)
     from automl.search import candidate_of
 
     candidate = candidate_of(best)
     head = _refit_stage(candidate, data, recipe, notes)
-    evaluation = _evaluate_stage(head, candidate, dataset, keys, store, recipe, progress)
-    record = _run_record(recipe, dataset, data, study, storage, best, candidate, keys, evaluation, baseline_id)
-    run_dir = _save_stage(record, recipe, dataset, data, head, candidate, keys, evaluation, study, store)
+    evaluation = _evaluate_stage(head, candidate, dataset, extractors, store, recipe, progress)
+    record = _run_record(recipe, dataset, data, study, storage, best, candidate, extractors, evaluation, baseline_id)
+    run_dir = _save_stage(record, recipe, dataset, data, head, candidate, extractors, evaluation, study, store)
     return FitResult(record.id, run_dir, record, _board(study), data.embedded + [evaluation.embedded], notes)
-
-
-def _extractor_keys(recipe) -> dict:
-    """The cache key of every extractor in the search, resolved before any work (a typo fails fast)."""
-    opts = dict(weights=recipe.weights, image_size=recipe.image_size, precision=recipe.precision, seed=recipe.seed)
-    return {n: extractor_key(n, **opts) for n in (canonical_extractor(n) for n in recipe.extractors)}
 
 
 def _augment_stage(recipe, dataset: Dataset, store: Store, spec, progress: bool):
@@ -175,10 +185,10 @@ class SearchData:
         return 0 if self.synthetic_rows is None else len(self.synthetic_rows.rows)
 
 
-def _embed_stage(train: list, synthetic, keys: dict, store: Store, recipe, progress: bool) -> SearchData:
+def _embed_stage(train: list, synthetic, extractors: Extractors, store: Store, recipe, progress: bool) -> SearchData:
     from automl.search import SyntheticRows
 
-    embedded = {n: _embed(train, n, key, store, recipe, progress) for n, key in keys.items()}
+    embedded = {n: _embed(extractors, train, n, store, recipe, progress) for n in extractors.specs}
     kept = sorted(set.intersection(*(set(r.kept) for r in embedded.values())))
     features = {n: _rows(r, kept) for n, r in embedded.items()}
     y = np.array([train[i].label for i in kept])
@@ -195,12 +205,12 @@ def _embed_stage(train: list, synthetic, keys: dict, store: Store, recipe, progr
     return SearchData(train, kept, features, y, groups, rows, synthetic, list(embedded.values()))
 
 
-def _search_stage(data: SearchData, keys: dict, store: Store, recipe, progress: bool):
+def _search_stage(data: SearchData, extractors: Extractors, store: Store, recipe, progress: bool):
     from automl.search import run_search, study_name
 
     store.ensure()  # SQLite needs the folder
     storage = recipe.storage or store.optuna_url
-    name = study_name(_fingerprint(data.items, data.kept, data.synthetic), [k.slug() for k in keys.values()],
+    name = study_name(_fingerprint(data.items, data.kept, data.synthetic), [k.slug() for k in extractors.keys.values()],
                       list(recipe.heads), recipe.metric, recipe.cv, recipe.seed)
     study = run_search(data.features, data.y, heads=list(recipe.heads), metric=recipe.metric, cv=recipe.cv,
                        seed=recipe.seed, storage=storage, name=name, n_trials=recipe.trials, timeout=recipe.timeout,
@@ -229,18 +239,19 @@ class Evaluation:
     report: dict  # automl.evaluate.evaluation_report
 
 
-def _evaluate_stage(head, candidate, dataset: Dataset, keys: dict, store: Store, recipe, progress: bool) -> Evaluation:
+def _evaluate_stage(head, candidate, dataset: Dataset, extractors: Extractors, store: Store, recipe,
+                    progress: bool) -> Evaluation:
     from automl.evaluate import evaluation_report, full_proba
 
     test = dataset.split("test")
-    embedded = _embed(test, candidate.extractor, keys[candidate.extractor], store, recipe, progress)
+    embedded = _embed(extractors, test, candidate.extractor, store, recipe, progress)
     items = [test[i] for i in embedded.kept]
     proba = full_proba(head, embedded.embeddings, len(dataset.classes))
     report = evaluation_report(np.array([it.label for it in items]), proba, dataset.classes)
     return Evaluation(embedded, items, proba, report)
 
 
-def _run_record(recipe, dataset: Dataset, data: SearchData, study, storage: str, best, candidate, keys: dict,
+def _run_record(recipe, dataset: Dataset, data: SearchData, study, storage: str, best, candidate, extractors: Extractors,
                 evaluation: Evaluation, baseline_id: str | None) -> RunRecord:
     from automl.search import leaderboard
 
@@ -255,19 +266,18 @@ def _run_record(recipe, dataset: Dataset, data: SearchData, study, storage: str,
                           best.number, best.user_attrs.get("fold_scores")),
         references=[r for r in leaderboard(study) if r["reference"]], trials=_trial_counts(study),
         study={"name": study.study_name, "storage": _redact(storage)},
-        extractor_key=keys[candidate.extractor].to_dict(),
+        extractor_key=extractors.keys[candidate.extractor].to_dict(),
         test={k: v for k, v in evaluation.report.items() if k not in ("per_class", "confusion_matrix")},
         versions=library_versions())
 
 
-def _save_stage(record: RunRecord, recipe, dataset: Dataset, data: SearchData, head, candidate, keys: dict,
+def _save_stage(record: RunRecord, recipe, dataset: Dataset, data: SearchData, head, candidate, extractors: Extractors,
                 evaluation: Evaluation, study, store: Store) -> Path:
     """The run folder, written all or nothing: record, recipe, split, metrics, leaderboard, predictions, model."""
     from automl.recipe import recipe_to_yaml
 
-    weights = parse_weights(recipe.weights)
-    bundle = ModelBundle(keys[candidate.extractor].to_dict(), "none" if weights is None else str(weights), recipe.seed,
-                         candidate.head, head, dataset.classes, __version__, source=candidate.extractor)
+    bundle = ModelBundle(extractors.keys[candidate.extractor].to_dict(), extractors.settings["weights"].record(),
+                         recipe.seed, candidate.head, head, dataset.classes, __version__, source=candidate.extractor)
     files = {
         "run.json": lambda p: p.write_text(_json(record.to_dict())),
         "recipe.yaml": lambda p: p.write_text(recipe_to_yaml(recipe)),
@@ -294,11 +304,9 @@ def _json(value) -> str:
     return json.dumps(value, indent=2, default=_json_default)
 
 
-def _embed(items, name: str, key, store: Store, recipe, progress: bool) -> EmbedResult:
-    return embed_items(items, key, store.embedding_cache,
-                       lambda: build_extractor(name, weights=recipe.weights, image_size=recipe.image_size,
-                                               precision=recipe.precision, seed=recipe.seed),
-                       batch_size=recipe.batch_size, skip_bad=recipe.skip_bad, progress=progress)
+def _embed(extractors: Extractors, items, name: str, store: Store, recipe, progress: bool) -> EmbedResult:
+    return extractors.embed(items, name, store, batch_size=recipe.batch_size, skip_bad=recipe.skip_bad,
+                            progress=progress)
 
 
 def _rows(result: EmbedResult, kept: list[int]) -> np.ndarray:
@@ -397,11 +405,7 @@ def predict(run_dir: Path, paths: Sequence[str], store: Store, *, skip_bad: bool
     bundle = ModelBundle.load(Path(run_dir) / "model.joblib")
     key = bundle.extractor_key()
     items, bad = load_images(list(paths), skip_bad=skip_bad)
-    source = bundle.source or key.extractor
-    result = embed_items(items, key, store.embedding_cache,
-                         lambda: build_extractor(source, weights=bundle.weights, image_size=key.image_size,
-                                                 precision=key.precision, seed=bundle.seed),
-                         batch_size=batch_size, skip_bad=skip_bad, progress=progress)
+    result = embed_items(items, key, store.embedding_cache, bundle.build_extractor, batch_size=batch_size, skip_bad=skip_bad, progress=progress)
     proba = full_proba(bundle.head, result.embeddings, len(bundle.classes)) if result.kept else np.zeros((0, 0))
     rows = []
     for i, p in zip(result.kept, proba):

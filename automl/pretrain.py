@@ -22,7 +22,7 @@ stored losslessly in another format (a PNG and an ``.npz`` row) matches too; a r
 
 Output: ``store/extractors/NAME.keras`` and ``NAME.json`` (data fingerprint, settings, the test sets it
 was checked against, metrics per epoch), written atomically; ``--extractors NAME`` then resolves to it
-(see ``pretrained_path``). Keras and TensorFlow are imported only when training starts.
+(``automl.extractors.resolve``). Keras and TensorFlow are imported only when training starts.
 """
 
 from __future__ import annotations
@@ -44,54 +44,17 @@ import numpy as np
 from automl.cache import atomic_write, remove_stale_temporaries
 from automl.data import Dataset, Item, fingerprint_array, load_dataset, stratified_holdout
 from automl.errors import ConfigError, DataError
-from automl.extract import EXTRACTORS, check_image_size, parse_weights
+from automl.extractors import DEFAULT_IMAGE_SIZE, EXTRACTORS, Backbone, Weights, dtype_policy, import_keras
+from automl.extractors.pretrained import NAME
 from automl.registry import canonical
 from automl.store import Store
 
 EXCLUDE_MODES = ("drop", "refuse")
-_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,79}$")
 CHECKPOINT_VERSION = 1
 # From random weights the moving statistics start at mean 0, variance 1; Keras's 0.99 leaves them far
 # from the data's after the few hundred steps a small dataset gives, and validation (which uses them)
 # then sees the majority class only. 0.9 catches up within a few dozen steps.
 BN_MOMENTUM = 0.9
-
-
-# --- names in the store (no Keras needed) ------------------------------------------------------
-
-
-def pretrained_path(store: str | os.PathLike | None, name: str) -> Path | None:
-    """``<store>/extractors/NAME.keras`` when it exists (``store`` None: $AUTOML_STORE or ./store)."""
-    name = canonical(name)
-    if not _NAME.match(name):
-        return None
-    path = Store(store).extractors_dir / f"{name}.keras"
-    return path.resolve() if path.is_file() else None
-
-
-def pretrained_names(store: str | os.PathLike | None) -> list[str]:
-    folder = Store(store).extractors_dir
-    if not folder.is_dir():
-        return []
-    return sorted(p.stem for p in folder.glob("*.keras") if not p.name.startswith("."))
-
-
-def resolve_extractor_names(names: Sequence[str] | None, store: str | os.PathLike | None) -> list[str] | None:
-    """Built-in names and ``file:`` names as they are; a pretrained name as ``file:<its .keras>``."""
-    if names is None:
-        return None
-    out = []
-    for name in names:
-        if str(name).startswith("file:") or name in EXTRACTORS:
-            out.append(name)
-            continue
-        path = pretrained_path(store, name)
-        if path is None:
-            valid = EXTRACTORS.names() + pretrained_names(store)
-            raise ConfigError(f"unknown extractor {name!r}; valid names: {', '.join(valid)} (built in, and made by "
-                              f"`automl pretrain` in {Store(store).extractors_dir}), or file:PATH for a model file.")
-        out.append(f"file:{path}")
-    return out
 
 
 # --- settings ----------------------------------------------------------------------------------
@@ -102,7 +65,7 @@ class Settings:
     """Everything besides the data that determines a pretraining (the checkpoint's identity)."""
 
     extractor: str
-    weights: str  # "imagenet", "none" or "file:<content hash>"
+    weights: str  # Weights.key(): "imagenet:<file>", "random:seed=<s>:keras=<version>" or "file:<content hash>"
     image_size: int
     epochs: int
     freeze_until: str | None
@@ -130,7 +93,7 @@ def pretrain(
     *,
     extractor: str = "inception-v3",
     weights: str | os.PathLike | None = "imagenet",
-    image_size: int = 299,
+    image_size: int = DEFAULT_IMAGE_SIZE,
     epochs: int = 10,
     freeze_until: str | None = None,
     name: str | None = None,
@@ -153,8 +116,8 @@ def pretrain(
     its checkpoint when run again with the same data and settings.
     """
     backbone = EXTRACTORS.get(extractor)
-    check_image_size(backbone, image_size)
-    w = parse_weights(weights)
+    backbone.check_image_size(image_size)
+    weights = Weights.parse(weights)
     _check_range("epochs", epochs, 1)
     _check_range("patience", patience, 1)
     if batch_size is not None:
@@ -180,20 +143,18 @@ def pretrain(
     train, val, val_note = _validation_split(dataset, items, val_fraction, seed)
     size = int(image_size)
     batch = min(batch_size or default_batch_size(size), len(train))
-    lr = float(learning_rate or (1e-3 if w is None else 1e-4))
-    settings = Settings(backbone.name, _weights_identity(w), size, int(epochs), freeze_until, int(seed), batch, lr,
-                        float(val_fraction), int(patience),
-                        batch_norm="frozen" if w is not None else f"trained, momentum {BN_MOMENTUM}")
+    lr = float(learning_rate or (1e-4 if weights.pretrained else 1e-3))
+    settings = Settings(backbone.name, weights.key(backbone.weights_file, seed), size, int(epochs), freeze_until,
+                        int(seed), batch, lr, float(val_fraction), int(patience),
+                        batch_norm="frozen" if weights.pretrained else f"trained, momentum {BN_MOMENTUM}")
     data_fp = _fingerprint(train, val)
     identity = hashlib.blake2b(json.dumps([data_fp, asdict(settings)], sort_keys=True).encode(),
                                digest_size=8).hexdigest()
     log(f"pretraining {backbone.name} on {dataset.root}: {len(train)} train / {len(val)} val images "
         f"({val_note}), {len(dataset.classes)} classes, {size} px, batch {batch}, up to {epochs} epochs")
 
-    from automl.extract import import_keras
-
     keras = import_keras()
-    models = _build(keras, backbone, w, settings, len(dataset.classes))
+    models = _build(keras, backbone, weights, settings, len(dataset.classes))
     checkpoint = root.extractors_dir / f".pretrain-{name}-{identity}"
     state = _resume(checkpoint, identity, models, log)
     history = _train(keras, models, settings, train, val, checkpoint, identity, state, progress, log)
@@ -211,7 +172,7 @@ def pretrain(
         "data_fingerprint": data_fp,
         "counts": {"train": len(train), "val": len(val)},
         "validation": val_note,
-        "settings": asdict(settings) | {"weights_given": "none" if w is None else str(w)},
+        "settings": asdict(settings) | {"weights_given": weights.record()},
         "excluded": excluded,
         "epochs": history["epochs"],
         "best_epoch": best,
@@ -244,7 +205,7 @@ def _check_range(what: str, value, minimum: int) -> None:
 
 def _check_name(name: str, root: Store, overwrite: bool) -> str:
     key = canonical(name)
-    if not _NAME.match(key):
+    if not NAME.match(key):
         raise ConfigError(f"--name {name!r}: a pretrained extractor's name is letters, digits, '.', '-' and '_' "
                           "(up to 80, starting with a letter or digit); e.g. --name inception-v3-chest.")
     if key in EXTRACTORS:
@@ -253,14 +214,6 @@ def _check_name(name: str, root: Store, overwrite: bool) -> str:
         raise ConfigError(f"a pretrained extractor {key!r} exists already ({root.extractors_dir / (key + '.keras')}); "
                           "pass --overwrite to replace it, or another --name.")
     return key
-
-
-def _weights_identity(w) -> str:
-    if w is None or w == "imagenet":
-        return "none" if w is None else "imagenet"
-    from automl.extract import file_digest
-
-    return f"file:{file_digest(w)}"
 
 
 def _fingerprint(train: list[Item], val: list[Item]) -> str:
@@ -348,9 +301,7 @@ class _Models:
     extractor: object  # rescaling -> backbone: what is saved
 
 
-def _build(keras, backbone, w, settings: Settings, n_classes: int) -> _Models:
-    from automl.extract import dtype_policy, keras_backbone
-
+def _build(keras, backbone: Backbone, weights: Weights, settings: Settings, n_classes: int) -> _Models:
     size, seed = settings.image_size, settings.seed
     module = getattr(keras.applications, backbone.module)
     probe = np.linspace(0, 255, 12, dtype=np.float32).reshape(1, 2, 2, 3)
@@ -359,8 +310,8 @@ def _build(keras, backbone, w, settings: Settings, n_classes: int) -> _Models:
                           "the saved model; this backbone cannot be pretrained yet.")
     # float32 whatever the global policy: mixed precision training would need loss scaling.
     with dtype_policy(keras, "float32"):
-        net = keras_backbone(keras, backbone, w, size, seed)
-        _freeze(net, backbone.name, settings.freeze_until, pretrained=w is not None)
+        net = backbone.keras_model(keras, weights, size, seed)
+        _freeze(net, backbone.name, settings.freeze_until, pretrained=weights.pretrained)
         inputs = keras.Input((size, size, 3), name="pixels")
         features = net(keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="preprocess")(inputs))
         extractor = keras.Model(inputs, features, name=f"{backbone.name}-pretrained")
@@ -513,7 +464,7 @@ def _evaluate(model, items: list[Item], batch: int, size: int) -> tuple[float, f
 
 def _save(extractor, record: dict, root: Store, name: str) -> tuple[Path, Path]:
     from automl.pipeline import library_versions
-    from automl.file_extractors import content_digest
+    from automl._files import content_digest
 
     folder = root.extractors_dir
     root.ensure()

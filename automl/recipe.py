@@ -13,8 +13,8 @@ Rules worth knowing:
   file's folder, so a recipe means the same thing from any working directory.
 - Component names are canonical kebab-case (``Inception_V3`` is stored as ``inception-v3``).
 
-Import cost is pydantic and PyYAML only: the extractor and head registries are imported when a
-recipe is validated, not when this module is.
+Import cost is pydantic, PyYAML and the extractor registry (which loads no framework): the head
+registry is imported when a recipe is validated, not when this module is.
 """
 
 from __future__ import annotations
@@ -32,22 +32,19 @@ from pydantic_core import PydanticCustomError
 from automl.augment.plan import AugmentSpec
 from automl.errors import ConfigError
 from automl.evaluate import METRICS
+from automl.extractors import (DEFAULT_IMAGE_SIZE, EXTRACTORS, MIN_IMAGE_SIZE, PRECISIONS, UnknownExtractorError,
+                               Weights, resolve)
 from automl.registry import canonical
 
 # The published study's three backbones, in its order (also the order runs report them in).
 DEFAULT_EXTRACTORS = ("inception-resnet-v2", "xception", "inception-v3")
 DEFAULT_HEADS = ("ffnn", "svc-rbf", "logreg-elasticnet")
-WEIGHTS_KEYWORDS = ("imagenet", "none")
-DEFAULT_IMAGE_SIZE = 299  # == automl.extract.DEFAULT_IMAGE_SIZE (a test keeps them equal)
-MIN_IMAGE_SIZE = 71  # the smallest any Keras backbone accepts (Xception); others check their own
 
 
 # --- the names a recipe may use ----------------------------------------------------------------
 
 
 def extractor_names() -> list[str]:
-    from automl.extract import EXTRACTORS
-
     return EXTRACTORS.names()
 
 
@@ -58,8 +55,6 @@ def head_names() -> list[str]:
 
 
 def precision_names() -> list[str]:
-    from automl.extract import PRECISIONS
-
     return list(PRECISIONS)
 
 
@@ -110,44 +105,28 @@ def _canonical_metric(value: Any) -> Any:
     return key
 
 
-def _extractor_spec(value: Any) -> Any:
-    """``{file: PATH, scale: ..., mean: ..., std: ..., bgr: ...}`` -> the canonical ``file:PATH?...`` name."""
-    if not isinstance(value, dict):
-        return value
-    from automl.file_extractors import spec_to_name
-
+def _extractor(value: Any, info: ValidationInfo) -> Any:
+    """A name or ``{file: PATH, ...}`` -> the canonical name of what it resolves to: a built-in name,
+    or ``file:`` with the absolute path (relative ones follow the recipe's folder) and the options;
+    a pretrained extractor in the recipe's store resolves to its model file."""
+    if not isinstance(value, (str, dict)):
+        return value  # the type check words it
+    context = info.context or {}
     try:
-        return spec_to_name(value)
+        return resolve(value, _store(context.get("extractor_store")), base_dir=context.get("base_dir")).name
+    except UnknownExtractorError as exc:
+        raise _unknown("extractor", value, exc.valid) from None
     except ConfigError as exc:
         raise PydanticCustomError("bad_extractor", "{problem}", {"problem": str(exc)}) from None
 
 
-def _extractor_name(name: str, info: ValidationInfo) -> str:
-    # file:PATH names a user's model file; its path is resolved (against the recipe's folder) below.
-    if name.startswith("file:"):
-        if not name[len("file:"):].strip():
-            raise PydanticCustomError("empty_path", "file: needs a model path, e.g. file:models/mine.tflite", {})
-        from automl.file_extractors import split_file_name
+def _store(root: str | None):
+    from automl.store import Store  # the recipe's store ($AUTOML_STORE or ./store when it names none)
 
-        try:
-            split_file_name(name)
-        except ConfigError as exc:
-            raise PydanticCustomError("bad_extractor", "{problem}", {"problem": str(exc)}) from None
-        return name
-    key, valid = canonical(name), extractor_names()
-    if key in valid:
-        return key
-    # Not built in: a pretrained extractor (automl pretrain) in the recipe's store, named by its file.
-    from automl.pretrain import pretrained_names, pretrained_path
-
-    store = (info.context or {}).get("extractor_store")
-    path = pretrained_path(store, key)
-    if path is not None:
-        return f"file:{path}"
-    raise _unknown("extractor", name, valid + pretrained_names(store))
+    return Store(root)
 
 
-ExtractorName = Annotated[str, BeforeValidator(_extractor_spec), AfterValidator(_extractor_name)]
+ExtractorName = Annotated[str, BeforeValidator(_extractor)]
 HeadName = Annotated[str, _named("head", head_names)]
 
 
@@ -165,10 +144,6 @@ def _resolve(value: str, base_dir: Path | None) -> str:
     if base_dir is None or path.is_absolute():
         return str(path)
     return os.path.normpath(os.path.join(os.path.abspath(base_dir), path))
-
-
-def _is_weights_keyword(value: str) -> bool:
-    return value.strip().lower() in (*WEIGHTS_KEYWORDS, "random")
 
 
 # --- the model ---------------------------------------------------------------------------------
@@ -241,19 +216,11 @@ class Recipe(BaseModel):
             return None
         return _resolve(value, (info.context or {}).get("base_dir"))
 
-    @field_validator("extractors")
-    @classmethod
-    def _resolve_model_files(cls, names: list[str], info: ValidationInfo) -> list[str]:
-        base = (info.context or {}).get("base_dir")
-        return [f"file:{_resolve(n[len('file:'):], base)}" if n.startswith("file:") else n for n in names]
-
     @field_validator("weights")
     @classmethod
     def _weights(cls, value: str, info: ValidationInfo) -> str:
-        if _is_weights_keyword(value):
-            key = value.strip().lower()
-            return "none" if key == "random" else key  # parse_weights reads "random" as "none"
-        return _resolve(value, (info.context or {}).get("base_dir"))
+        # A keyword in its one spelling, else a path (checked when the weights are loaded, not here).
+        return Weights.keyword(value) or _resolve(value, (info.context or {}).get("base_dir"))
 
     @field_validator("precision")
     @classmethod
@@ -267,12 +234,8 @@ class Recipe(BaseModel):
     @classmethod
     def _image_size_fits_extractors(cls, value: int, info: ValidationInfo) -> int:
         # Checked here too (not only when a model is built) so `automl validate` catches it up front.
-        from automl.extract import EXTRACTORS
-
         for name in info.data.get("extractors") or ():
-            if name.startswith("file:"):
-                continue  # a model file has its own input size
-            minimum = getattr(EXTRACTORS.get(name), "min_size", 0)
+            minimum = getattr(resolve(name), "min_size", 0)  # a model file has its own input size
             if value < minimum:
                 raise PydanticCustomError(
                     "image_too_small", "{extractor} needs images of at least {minimum} pixels",
@@ -326,12 +289,10 @@ def _apply_flags(base: dict, flags: dict, source: str) -> Recipe:
     given = {k: (os.fspath(v) if isinstance(v, os.PathLike) else v) for k, v in flags.items() if v is not None}
     for key in ("data", "store", "weights"):
         value = given.get(key)
-        if isinstance(value, str) and not (key == "weights" and _is_weights_keyword(value)):
+        if isinstance(value, str) and not (key == "weights" and Weights.keyword(value)):
             given[key] = _resolve(value, Path.cwd())
-    if isinstance(given.get("extractors"), list):
-        given["extractors"] = [f"file:{_resolve(n[len('file:'):], Path.cwd())}" if str(n).startswith("file:") else n
-                               for n in given["extractors"]]
     try:
+        # Relative model paths among the flags follow the working directory (base_dir None).
         return Recipe.model_validate({**base, **given}, context={})
     except ValidationError as exc:
         raise RecipeError(explain_errors(exc, flags=True), source=source) from None

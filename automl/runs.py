@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable
 
-from automl.errors import ConfigError, StoreError, WeightsUnavailableError
+from automl.errors import StoreError
 
 
 def new_run_id() -> str:
@@ -132,13 +132,13 @@ class ModelBundle:
     """What `predict` needs: how to rebuild the extractor exactly, the fitted head, the class names."""
 
     extractor: dict  # ExtractorKey.to_dict()
-    weights: str  # the --weights value: "imagenet", "none" or an absolute path
+    weights: dict | str  # Weights.record(); older bundles hold the --weights string ("imagenet", "none", a path)
     seed: int
     head_name: str
     head: object
     classes: list[str]
     automl_version: str
-    source: str = ""  # the extractor as named in the run: a registered name or file:/abs/path
+    source: str = ""  # the extractor's canonical name (ExtractorSpec.name); older bundles may hold ""
 
     def save(self, path: Path) -> None:
         import joblib
@@ -157,37 +157,23 @@ class ModelBundle:
 
     def extractor_key(self):
         """Rebuild the extractor's key here, now; refuse if it is not the one the head was fitted on."""
-        from automl.extract import ExtractorKey, extractor_key
+        from automl.extractors import ExtractorKey
 
         saved = ExtractorKey(**self.extractor)
-        if self.source.startswith("file:"):
-            from automl.file_extractors import split_file_name
+        return self._spec(saved).refitted_key(saved, self._weights(), self.seed)
 
-            path = Path(split_file_name(self.source)[0])  # without its ?preprocessing options
-            if not path.exists():
-                raise WeightsUnavailableError(
-                    f"the model was fitted on embeddings from the model file {path}, which no longer exists; "
-                    "restore it (its content hash must match) to predict with this run.")
-            now = extractor_key(self.source)
-            if now != saved:
-                raise ConfigError(
-                    f"the model file {path} has changed since this run was fitted (content hash "
-                    f"{saved.weights.split(':', 1)[1]}, now {now.weights.split(':', 1)[1]}); its embeddings would "
-                    "not match the head. Restore the original file, or fit a new run with this one.")
-            return now
-        if self.weights not in ("none", "imagenet") and not Path(self.weights).is_file():
-            raise WeightsUnavailableError(
-                f"the model was fitted on embeddings from {saved.extractor} with weights file {self.weights}, which "
-                "no longer exists; restore the file (its content hash must match) to predict with this run."
-            )
-        now = extractor_key(saved.extractor, weights=self.weights, image_size=saved.image_size,
-                            precision=saved.precision, seed=self.seed)
-        if now != saved:
-            diffs = ", ".join(f"{k}: fitted with {getattr(saved, k)!r}, now {getattr(now, k)!r}"
-                              for k in saved.to_dict() if getattr(saved, k) != getattr(now, k))
-            raise ConfigError(
-                f"cannot rebuild the extractor this model was fitted on ({diffs}). Predicting with another "
-                "extractor would give meaningless scores: restore the original weights file, Keras version or "
-                "KERAS_BACKEND, or fit a new run."
-            )
-        return now
+    def build_extractor(self):
+        """The extractor the head was fitted on (``extractor_key`` checks that it still is)."""
+        key = self.extractor_key()
+        return self._spec(key).build(weights=self._weights(), image_size=key.image_size, precision=key.precision,
+                                     seed=self.seed)
+
+    def _spec(self, saved):
+        from automl.extractors import resolve
+
+        return resolve(self.source or saved.extractor)
+
+    def _weights(self):
+        from automl.extractors import Weights
+
+        return Weights.from_record(self.weights)

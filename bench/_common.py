@@ -61,7 +61,7 @@ def usable_cpus() -> int:
 
 def machine_lines(with_tf: bool = True) -> list[str]:
     """Machine, library versions and the command; imports TF/Keras only when ``with_tf``."""
-    from automl.extract import describe_machine, keras_backend
+    from automl.extractors import describe_machine, keras_backend
 
     mem = mem_total_gib()
     lines = [

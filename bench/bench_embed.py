@@ -194,7 +194,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from automl.data import fingerprint_array, load_dataset
     from automl.embed import default_batch_size
-    from automl.extract import EXTRACTORS, build_extractor
+    from automl.extractors import EXTRACTORS, build_extractor
 
     names = [EXTRACTORS.get(n.strip()).name for n in args.extractors.split(",")] if args.extractors \
         else list(EXTRACTORS.names())

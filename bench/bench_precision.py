@@ -77,7 +77,7 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     from automl.data import load_dataset
-    from automl.extract import extractor_key
+    from automl.extractors import extractor_key
     from automl.pipeline import embed_dataset
     from automl.store import Store
 

@@ -59,7 +59,7 @@ def fit_metrics(recipe_kwargs: dict) -> tuple[dict, dict, float]:
 
 
 def throughput(name: str, images: np.ndarray, repeats: int, batch: int) -> list[float]:
-    from automl.extract import build_extractor
+    from automl.extractors import build_extractor
 
     extractor = build_extractor(name, weights="none", image_size=images.shape[1], precision="auto")
     runs = []

@@ -38,9 +38,8 @@ sys.path.insert(0, str(ROOT))
 
 from automl.data import load_dataset  # noqa: E402
 from automl.evaluate import evaluation_report, full_proba, score  # noqa: E402
-from automl.extract import extractor_key  # noqa: E402
 from automl.heads import HEADS  # noqa: E402
-from automl.pipeline import _embed  # noqa: E402
+from automl.pipeline import Extractors  # noqa: E402
 from automl.recipe import Recipe  # noqa: E402
 from automl.report import table  # noqa: E402
 from automl.search import candidate_of, cv_splits, run_search  # noqa: E402
@@ -91,11 +90,12 @@ def main() -> None:
                                store=args.store, cv=args.cv, metric=args.metric, seed=seeds[0])
     dataset = load_dataset(recipe.data)
     store = Store(recipe.store)
-    opts = dict(weights=recipe.weights, image_size=recipe.image_size, precision=recipe.precision, seed=recipe.seed)
+    extractors = Extractors.resolve(names, store, weights=recipe.weights, image_size=recipe.image_size,
+                                    precision=recipe.precision, seed=recipe.seed)
     train = [it for it in dataset.items if it.split != "test"]
     test = dataset.split("test")
-    keys = {n: extractor_key(n, **opts) for n in names}
-    features = {n: _embed(train, n, keys[n], store, recipe, True).embeddings for n in names}
+    features = {n: extractors.embed(train, n, store, batch_size=None, skip_bad=False, progress=True).embeddings
+                for n in extractors.specs}
     y = np.array([it.label for it in train])
     n_classes = len(dataset.classes)
 
@@ -158,7 +158,7 @@ def main() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         head = candidate.build(seed).fit(features[candidate.extractor], y)
-    test_emb = _embed(test, candidate.extractor, keys[candidate.extractor], store, recipe, True)
+    test_emb = extractors.embed(test, candidate.extractor, store, batch_size=None, skip_bad=False, progress=True)
     report = evaluation_report(np.array([it.label for it in test]), full_proba(head, test_emb.embeddings, n_classes),
                                dataset.classes)
     print(f"\nBreastMNIST test (156 images), best of seed {seed}: {candidate.describe()}; weights {args.weights}")

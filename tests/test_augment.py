@@ -328,7 +328,7 @@ def test_torch_after_the_keras_extractors_in_one_process():
     import subprocess
     import sys
 
-    code = ("from automl.extract import build_extractor; import numpy as np; "
+    code = ("from automl.extractors import build_extractor; import numpy as np; "
             "e = build_extractor('inception-v3', weights='none', image_size=75, precision='float32'); "
             "e(np.zeros((1, 75, 75, 3), np.uint8)); "
             "import torchvision.ops; from automl.augment import build_augmenter; print('both loaded')")

@@ -18,7 +18,7 @@ HEAVY = ("tensorflow", "keras", "torch", "torchvision", "diffusers", "transforme
 def test_import_and_help_load_no_heavy_framework():
     code = (
         "import sys\n"
-        "import automl, automl.data, automl.extract, automl.embed, automl.pipeline, automl.store\n"
+        "import automl, automl.data, automl.extractors, automl.embed, automl.pipeline, automl.store\n"
         "from cli import main\n"
         "try:\n    main(['--help'])\nexcept SystemExit as e:\n    assert e.code == 0, e.code\n"
         f"loaded = [m for m in {HEAVY!r} if m in sys.modules]\n"

@@ -18,7 +18,7 @@ from automl.cache import EmbeddingCache
 from automl.data import load_dataset
 from automl.embed import embed_items
 from automl.errors import DataError, StoreError
-from automl.extract import Extractor, ExtractorKey
+from automl.extractors import Extractor, ExtractorKey
 from automl.store import Store
 from conftest import ROOT, class_folders, write_image
 

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from automl.errors import ConfigError, WeightsUnavailableError
-from automl.extract import (EXTRACTORS, build_extractor, extractor_key, keras_backend, resolve_precision)
+from automl._files import file_digest
+from automl.extractors import (EXTRACTORS, Weights, build_extractor, extractor_key, keras_backend, resolve_precision)
+from automl.runs import ModelBundle
 from conftest import ROOT, class_folders
 
 EXPECTED_DIM = {"inception-resnet-v2": 1536, "xception": 2048, "inception-v3": 2048}
@@ -91,6 +93,40 @@ def test_weights_file_of_another_model_is_refused(tmp_path):
 def test_missing_weights_file(tmp_path):
     with pytest.raises(WeightsUnavailableError, match=r"weights file not found: .*nothere\.h5.*--weights none"):
         extractor_key("inception-v3", weights=tmp_path / "nothere.h5")
+
+
+def test_weights_are_parsed_once_and_keep_their_forms(tmp_path):
+    from importlib import metadata
+
+    for text in ("none", "None", " random ", None):
+        assert Weights.parse(text) == Weights("random") and str(Weights.parse(text)) == "none"
+    assert Weights.parse("ImageNet") == Weights("imagenet") and str(Weights("imagenet")) == "imagenet"
+    assert [Weights.keyword(t) for t in ("RANDOM", "imagenet", "w.h5")] == ["none", "imagenet", None]
+    path = tmp_path / "w.h5"
+    path.write_bytes(b"weights")
+    weights = Weights.parse(str(path))
+    assert (weights.kind, weights.path, weights.digest) == ("file", path.resolve(), file_digest(path))
+    # The cache key's forms, unchanged since the first stores.
+    assert weights.key("x_notop.h5", seed=1) == f"file:{file_digest(path)}"
+    assert Weights("imagenet").key("x_notop.h5", seed=1) == "imagenet:x_notop.h5"
+    assert Weights("random").key("x_notop.h5", seed=1) == f"random:seed=1:keras={metadata.version('keras')}"
+    for value in (weights, Weights("random"), Weights("imagenet")):
+        assert Weights.from_record(value.record()) == value
+        assert Weights.from_record(str(value)) == value  # the strings older model bundles hold
+    path.unlink()
+    assert Weights.from_record(weights.record()).missing
+    with pytest.raises(ConfigError, match="recorded weights choice"):
+        Weights.from_record({"kind": "pickle"})
+
+
+def test_bundles_holding_the_old_weights_strings_rebuild_their_key():
+    key = extractor_key("inception-v3", weights="none", image_size=75, precision="float32", seed=2)
+    for weights in ("none", Weights.parse("none").record()):
+        bundle = ModelBundle(key.to_dict(), weights, 2, "svc-rbf", None, ["a", "b"], "0", source="inception-v3")
+        assert bundle.extractor_key() == key
+    bundle.seed = 3
+    with pytest.raises(ConfigError, match="cannot rebuild the extractor.*weights: fitted with 'random:seed=2"):
+        bundle.extractor_key()
 
 
 def test_precision_resolution():

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from automl.errors import ConfigError, DataError
-from automl.extract import build_extractor, extractor_key
+from automl.extractors import build_extractor, extractor_key
 from conftest import class_folders, run_cli
 
 MOBILENET = "models/mobilenet-v1-embedding/mobilenet_v1_1.0_224_quant_embedding_extractor.tflite"
@@ -19,7 +19,7 @@ MOBILENET = "models/mobilenet-v1-embedding/mobilenet_v1_1.0_224_quant_embedding_
 
 @pytest.fixture(scope="module")
 def keras_file(tmp_path_factory):
-    from automl.extract import import_keras
+    from automl.extractors import import_keras
 
     keras = import_keras()
     keras.utils.set_random_seed(0)
@@ -80,7 +80,7 @@ def test_cli_embed_caches_by_content_and_fit_predict_refuse_a_changed_file(keras
     assert json.loads(out)["class"] == saved[some]["predicted"]
 
     # Another model saved over the same path: the run must refuse to use it.
-    from automl.extract import import_keras
+    from automl.extractors import import_keras
 
     keras = import_keras()
     inputs = keras.Input((32, 32, 3))
@@ -121,7 +121,7 @@ def test_bad_model_files(tmp_path, content, suffix, message):
     (lambda k: k.Model(i := k.Input((8, 6, 3)), k.layers.GlobalAveragePooling2D()(i)), "square images"),
 ])
 def test_model_with_wrong_shapes(tmp_path, make, message):
-    from automl.extract import import_keras
+    from automl.extractors import import_keras
 
     path = tmp_path / "m.keras"
     make(import_keras()).save(path)
@@ -165,7 +165,7 @@ def test_grayscale_png_through_mobilenet_matches_npz_pixels(shared, tmp_path):
 
 
 def test_savedmodel_folder_embeds_like_the_keras_file_it_was_exported_from(keras_file, tmp_path):
-    from automl.extract import canonical_extractor, import_keras
+    from automl.extractors import import_keras, resolve
 
     folder = tmp_path / "exported"
     import_keras().models.load_model(keras_file).export(str(folder), verbose=False)
@@ -175,7 +175,7 @@ def test_savedmodel_folder_embeds_like_the_keras_file_it_was_exported_from(keras
     np.testing.assert_allclose(extractor(images), build_extractor(f"file:{keras_file}")(images), rtol=1e-5, atol=1e-6)
     key = extractor_key(f"file:{folder}")
     assert key.extractor == "file:exported" and key.backend == "tensorflow"
-    assert canonical_extractor(f"file:{folder}") == f"file:{folder.resolve()}"
+    assert resolve(f"file:{folder}").name == f"file:{folder.resolve()}"
     (folder / "fingerprint.pb").write_bytes(b"changed")  # any file of the folder is part of its identity
     assert extractor_key(f"file:{folder}").weights != key.weights
 
@@ -187,7 +187,7 @@ def test_folder_without_saved_model_is_refused(tmp_path):
 
 
 def test_preprocessing_overrides_change_embeddings_and_cache_key(keras_file):
-    from automl.extract import canonical_extractor, import_keras
+    from automl.extractors import import_keras, resolve
 
     plain, custom = f"file:{keras_file}", f"file:{keras_file}?scale=0.5&mean=10&std=2:4:8&bgr=true"
     images = np.random.default_rng(2).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
@@ -200,7 +200,7 @@ def test_preprocessing_overrides_change_embeddings_and_cache_key(keras_file):
     a, b = extractor_key(plain), extractor_key(custom)
     assert b.extractor == "file:tiny.keras?scale=0.5&mean=10.0&std=2.0:4.0:8.0&bgr=true"
     assert a.weights == b.weights and a.slug() != b.slug()
-    assert canonical_extractor(custom) == f"file:{keras_file.resolve()}?scale=0.5&mean=10.0&std=2.0:4.0:8.0&bgr=true"
+    assert resolve(custom).name == f"file:{keras_file.resolve()}?scale=0.5&mean=10.0&std=2.0:4.0:8.0&bgr=true"
 
 
 def test_quantized_tflite_overrides_are_quantized_with_the_models_own_scale(shared):

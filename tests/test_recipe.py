@@ -89,7 +89,7 @@ def test_defaults(tmp_path):
 
 
 def test_constants_agree_with_extract():
-    from automl.extract import DEFAULT_IMAGE_SIZE, EXTRACTORS, PRECISIONS
+    from automl.extractors import DEFAULT_IMAGE_SIZE, EXTRACTORS, PRECISIONS
 
     assert Recipe.model_fields["image_size"].default == DEFAULT_IMAGE_SIZE
     assert sorted(DEFAULT_EXTRACTORS) == EXTRACTORS.names() == extractor_names()
@@ -380,6 +380,6 @@ def test_json_schema():
 
 def test_import_is_light():
     code = ("import sys, automl.recipe; heavy = [m for m in ('PIL', 'tensorflow', 'keras', 'torch', "
-            "'sklearn', 'automl.extract', 'automl.heads') if m in sys.modules]; print(heavy)")
+            "'sklearn', 'automl.extractors.file_models', 'automl.heads') if m in sys.modules]; print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "[]"

@@ -1,206 +1,19 @@
-"""A user's own frozen extractor from a model file: ``--extractors file:PATH``.
-
-Accepted: a Keras model (``.keras``, ``.h5``, or a TensorFlow SavedModel folder) and a TFLite model
-(``.tflite``, float or quantized). The model's output may be a vector or a feature map (global-
-average-pooled here). Input size and channels come from the model itself; so does the value range
-of a quantized TFLite input (its scale and zero-point map the 0..255 pixels onto the integer range).
-Models without that information get:
-
-- float TFLite inputs: pixels scaled to [0, 1];
-- Keras models and SavedModels: pixels as floats 0..255 — such a model is expected to carry its own
-  preprocessing (as ``keras.applications`` models built with it, and ``automl pretrain``'s output, do).
-
-A recipe (or the name itself) can override that: ``file:PATH?scale=0.0039&mean=0.5&std=0.5&bgr=true``
-feeds ``(pixel * scale - mean) / std`` (channels reversed first with ``bgr``), where a missing scale is
-1 for Keras models and SavedModels and 1/255 for TFLite, a missing mean 0 and std 1. A quantized
-TFLite input then gets that float quantized with its own scale and zero-point. Recipes write the
-same as a mapping, ``{file: PATH, scale: 0.0039, mean: [...], std: [...], bgr: false}``; the
-name with its ``?options`` is the canonical form, in the cache key and the saved run alike.
-
-The file's identity in the embedding cache and the model bundle is its content hash (with the
-options): a changed file is never confused with the old one.
+"""Loading a model file: TFLite (float or quantized), Keras (.keras, .h5) and TensorFlow SavedModel
+folders, each called on a uint8 batch with its preprocessing (see ``files.py``). Imported only when
+a ``ModelFile`` is built: TensorFlow (or ai_edge_litert) comes in here.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from automl.errors import ConfigError, DataError
-
-PREFIX = "file:"
-_KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
-
-
-OPTIONS = ("scale", "mean", "std", "bgr")
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """Preprocessing overrides of a file extractor; all None/False: the model kind's default."""
-
-    scale: float | None = None
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
-    bgr: bool = False
-
-    def __bool__(self) -> bool:
-        return self != Preprocessing()
-
-    def query(self) -> str:
-        """The canonical ``key=value&...`` form (floats written exactly, lists joined with ``:``)."""
-        parts = []
-        if self.scale is not None:
-            parts.append(f"scale={self.scale!r}")
-        for key in ("mean", "std"):
-            values = getattr(self, key)
-            if values is not None:
-                parts.append(f"{key}=" + ":".join(repr(v) for v in values))
-        if self.bgr:
-            parts.append("bgr=true")
-        return "&".join(parts)
-
-    def check_channels(self, path: Path, channels: int) -> None:
-        for key in ("mean", "std"):
-            values = getattr(self, key)
-            if values is not None and len(values) not in (1, channels):
-                raise ConfigError(f"{path}: {key} has {len(values)} values but the model takes {channels} "
-                                  f"channel(s); give one value or {channels}.")
-        if self.bgr and channels != 3:
-            raise ConfigError(f"{path}: bgr needs a 3-channel model input; this model takes {channels}. "
-                              "Leave bgr out.")
-
-    def apply(self, x: np.ndarray, default_scale: float) -> np.ndarray:
-        """float32 pixels 0..255 (n, s, s, c) -> ``(pixel * scale - mean) / std``."""
-        if self.bgr:
-            x = x[..., ::-1]
-        x = x * np.float32(default_scale if self.scale is None else self.scale)
-        if self.mean is not None:
-            x = x - np.asarray(self.mean, np.float32)
-        if self.std is not None:
-            x = x / np.asarray(self.std, np.float32)
-        return x.astype(np.float32, copy=False)
-
-
-def is_file_extractor(name: str) -> bool:
-    return str(name).startswith(PREFIX)
-
-
-def split_file_name(name: str) -> tuple[str, Preprocessing]:
-    """``file:PATH?options`` -> (PATH as written, its checked options). Raises ConfigError."""
-    rest = str(name)[len(PREFIX):]
-    if "?" not in rest or Path(rest).expanduser().exists():
-        return rest, Preprocessing()
-    path, query = rest.rsplit("?", 1)
-    options: dict[str, Any] = {}
-    for part in query.split("&"):
-        key, eq, value = part.partition("=")
-        if not eq:
-            raise ConfigError(f"extractor {name!r}: option {part!r} is not key=value; expected "
-                              f"file:PATH?scale=...&mean=...&std=...&bgr=... ({', '.join(OPTIONS)}).")
-        if key in options:
-            raise ConfigError(f"extractor {name!r}: option {key!r} given twice; give it once.")
-        options[key] = value.split(":") if key in ("mean", "std") else value
-    return path, preprocessing(options, where=f"extractor {name!r}")
-
-
-def preprocessing(options: dict, where: str) -> Preprocessing:
-    """Check overrides given as a mapping (a recipe) or parsed from a name (strings)."""
-    unknown = sorted(set(options) - set(OPTIONS))
-    if unknown:
-        raise ConfigError(f"{where}: unknown option(s) {', '.join(map(repr, unknown))}; valid: file, "
-                          f"{', '.join(OPTIONS)}. Fix: rename or remove them.")
-    scale = options.get("scale")
-    if scale is not None:
-        scale = _number(scale, "scale", where, positive=True)
-    mean, std = (_numbers(options.get(k), k, where, positive=k == "std") for k in ("mean", "std"))
-    bgr = options.get("bgr", False)
-    if isinstance(bgr, str) and bgr.lower() in ("true", "false", "1", "0"):
-        bgr = bgr.lower() in ("true", "1")
-    if not isinstance(bgr, bool):
-        raise ConfigError(f"{where}: bgr: expected true or false; found {bgr!r}. Fix: write bgr: true to feed the "
-                          "channels as BGR (Caffe-style models), or leave it out.")
-    return Preprocessing(scale, mean, std, bgr)
-
-
-_EXAMPLES = {"scale": "scale: 0.00392 (1/255)", "mean": "mean: [0.485, 0.456, 0.406]",
-             "std": "std: [0.229, 0.224, 0.225]"}
-
-
-def _number(value: Any, key: str, where: str, positive: bool = False) -> float:
-    try:
-        number = math.nan if isinstance(value, bool) else float(value)
-    except (TypeError, ValueError):
-        number = math.nan
-    if not math.isfinite(number) or (positive and number <= 0):
-        constraint = "a number > 0" if positive else "a number"
-        raise ConfigError(f"{where}: {key}: expected {constraint}; found {value!r}. Fix: e.g. {_EXAMPLES[key]}.")
-    return number
-
-
-def _numbers(value: Any, key: str, where: str, positive: bool) -> tuple[float, ...] | None:
-    if value is None:
-        return None
-    values = value if isinstance(value, (list, tuple)) else [value]
-    if len(values) not in (1, 3):
-        raise ConfigError(f"{where}: {key}: expected one number or a list of 3 (per channel); found {value!r}.")
-    return tuple(_number(v, key, where, positive) for v in values)
-
-
-def file_name(path: str | os.PathLike, options: Preprocessing = Preprocessing()) -> str:
-    """The canonical extractor name of a model file with its overrides."""
-    return f"{PREFIX}{path}" + (f"?{options.query()}" if options else "")
-
-
-def spec_to_name(spec: dict) -> str:
-    """A recipe's ``{file: PATH, scale: ..., ...}`` as the canonical ``file:PATH?...`` name."""
-    where = f"extractor {spec!r}"
-    path = spec.get("file")
-    if not isinstance(path, str) or not path.strip():
-        raise ConfigError(f"{where}: file: expected the path of a model file; found {path!r}. Fix: write e.g. "
-                          "{file: models/mine.tflite, scale: 0.00392}.")
-    return file_name(path, preprocessing({k: v for k, v in spec.items() if k != "file"}, where))
-
-
-def file_path(name: str) -> Path:
-    """The model path of a ``file:PATH`` name (options stripped), checked to exist."""
-    path = Path(split_file_name(name)[0]).expanduser()
-    if not path.exists():
-        raise ConfigError(f"extractor {name!r}: model file not found: {path}. Pass file:PATH with the path of a "
-                          ".keras, .h5, .tflite file or a SavedModel folder.")
-    return path.resolve()
-
-
-def model_kind(path: Path) -> str:
-    if path.is_dir():
-        if (path / "saved_model.pb").is_file():
-            return "savedmodel"
-    elif path.suffix.lower() == ".tflite":
-        return "tflite"
-    elif path.suffix.lower() in _KERAS_SUFFIXES:
-        return "keras"
-    raise DataError(f"{path} is not a model file automl reads: expected .keras, .h5, .tflite or a SavedModel "
-                    "folder (with saved_model.pb).")
-
-
-def content_digest(path: Path) -> str:
-    """Hash of a file, or of every file of a SavedModel folder (names and bytes)."""
-    from automl.extract import file_digest
-
-    if path.is_file():
-        return file_digest(path)
-    import hashlib
-
-    h = hashlib.blake2b(digest_size=16)
-    for f in sorted(p for p in path.rglob("*") if p.is_file()):
-        h.update(str(f.relative_to(path)).encode() + b"\0" + file_digest(f).encode())
-    return h.hexdigest()
+from automl.extractors.files import Preprocessing, model_kind
+from automl.extractors.spec import import_keras
 
 
 class FileModel:
@@ -296,8 +109,6 @@ class _TFLiteModel(FileModel):
 
 class _KerasFileModel(FileModel):
     def __init__(self, path: Path, options: Preprocessing):
-        from automl.extract import import_keras
-
         keras = import_keras()
         self.path = path
         try:
@@ -321,8 +132,6 @@ class _SavedModel(FileModel):
     ``model.export()`` and ``tf.saved_model.save`` write); its input spec gives size and channels."""
 
     def __init__(self, path: Path, options: Preprocessing):
-        from automl.extract import import_keras
-
         import_keras()  # TensorFlow, with its start-up logging turned down
         import tensorflow as tf
 
@@ -378,8 +187,6 @@ def _tflite_interpreter():
 
         return Interpreter
     except ImportError:
-        from automl.extract import import_keras
-
         import_keras()  # TensorFlow, with its start-up logging turned down
         import tensorflow as tf
 

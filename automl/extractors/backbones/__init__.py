@@ -1,0 +1,1 @@
+"""The built-in Keras backbones, one per file; each registers itself in ``EXTRACTORS``."""
