@@ -90,12 +90,13 @@ def main() -> None:
                                store=args.store, cv=args.cv, metric=args.metric, seed=seeds[0])
     dataset = load_dataset(recipe.data)
     store = Store(recipe.store)
-    extractors = Extractors.resolve(names, store, weights=recipe.weights, image_size=recipe.image_size,
+    extractors = Extractors.resolve(recipe.extractors, store, weights=recipe.weights, image_size=recipe.image_size,
                                     precision=recipe.precision, seed=recipe.seed)
     train = [it for it in dataset.items if it.split != "test"]
     test = dataset.split("test")
     features = {n: extractors.embed(train, n, store, batch_size=None, skip_bad=False, progress=True).embeddings
                 for n in extractors.specs}
+    names = list(extractors.specs)
     y = np.array([it.label for it in train])
     n_classes = len(dataset.classes)
 
