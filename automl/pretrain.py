@@ -41,7 +41,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from automl.cache import atomic_write, remove_stale_temporaries
+from automl._files import atomic_path, atomic_write_text, content_digest, remove_stale_temporaries
 from automl.data import Dataset, Item, fingerprint_array, load_dataset, stratified_holdout
 from automl.errors import ConfigError, DataError
 from automl.extract import EXTRACTORS, check_image_size, parse_weights
@@ -456,9 +456,9 @@ def _train(keras, models: _Models, settings: Settings, train: list[Item], val: l
             history["stopped_early"] = history["wait"] >= settings.patience
         last = _save_weights(model, checkpoint, f"last-{epoch + 1}")
         # state.json is the commit point: the files it names are complete before it is written.
-        atomic_write(checkpoint / "state.json", lambda f: f.write(json.dumps(
+        atomic_write_text(checkpoint / "state.json", json.dumps(
             {"version": CHECKPOINT_VERSION, "identity": identity, "epoch": epoch + 1, "last_file": last,
-             "history": history}, indent=1).encode()))
+             "history": history}, indent=1))
         for old in checkpoint.glob("*.weights.h5"):
             if old.name not in (last, history["best_file"]):
                 old.unlink(missing_ok=True)
@@ -470,9 +470,8 @@ def _train(keras, models: _Models, settings: Settings, train: list[Item], val: l
 
 def _save_weights(model, folder: Path, stem: str) -> str:
     name = f"{stem}.weights.h5"
-    tmp = folder / f".tmp-{os.getpid()}-{stem}.weights.h5"
-    model.save_weights(str(tmp))
-    os.replace(tmp, folder / name)
+    with atomic_path(folder / name) as tmp:  # Keras wants a file name ending in .weights.h5
+        model.save_weights(str(tmp))
     return name
 
 
@@ -513,20 +512,14 @@ def _evaluate(model, items: list[Item], batch: int, size: int) -> tuple[float, f
 
 def _save(extractor, record: dict, root: Store, name: str) -> tuple[Path, Path]:
     from automl.pipeline import library_versions
-    from automl.file_extractors import content_digest
 
     folder = root.extractors_dir
     root.ensure()
-    folder.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(folder)
     model_path, record_path = folder / f"{name}.keras", folder / f"{name}.json"
-    tmp = folder / f".tmp-{os.getpid()}-{name}.keras"
-    try:
+    with atomic_path(model_path) as tmp:
         extractor.save(str(tmp))
         record["model"]["content_hash"] = content_digest(tmp)
         record["versions"] = library_versions()
-        os.replace(tmp, model_path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    atomic_write(record_path, lambda f: f.write(json.dumps(record, indent=2).encode()))
+    atomic_write_text(record_path, json.dumps(record, indent=2))
     return model_path, record_path

@@ -38,7 +38,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from automl.augment.base import Augmenter, check_range, image_seed, register
-from automl.cache import atomic_write, remove_stale_temporaries
+from automl._files import atomic_write, remove_stale_temporaries
 from automl.errors import ConfigError
 
 LATENT = 100

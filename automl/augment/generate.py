@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from automl.augment.base import Augmenter, build_augmenter
 from automl.augment.plan import AugmentSpec, plan_counts, reduce_real
-from automl.cache import atomic_write
+from automl._files import atomic_write
 from automl.data import Item, fingerprint_bytes
 from automl.errors import DataError
 
