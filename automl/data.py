@@ -21,6 +21,7 @@ import numpy as np
 
 from automl.errors import ConfigError, DataError
 from automl.images import IMAGE_SUFFIXES, DecodeError, ImageInfo, decode, decode_array, probe
+from automl.seeds import derive
 
 SPLITS = ("train", "val", "test")
 # Folder spellings of each split, compared case-insensitively.
@@ -226,7 +227,7 @@ def split_test(dataset: Dataset, *, test_fraction: float = 0.2, seed: int = 0) -
         raise ConfigError(f"test_fraction must be in (0, 1); got {test_fraction}.")
     train = [i for i, it in enumerate(dataset.items) if it.split == "train"]
     labels = [dataset.items[i].label for i in train]
-    held = stratified_holdout(labels, test_fraction, seed)
+    held = stratified_holdout(labels, test_fraction, derive(seed, "split"))
     if held is None:
         counts = Counter(labels)
         raise DataError(

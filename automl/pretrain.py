@@ -41,6 +41,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from automl import seeds
 from automl._files import atomic_path, atomic_write_text, content_digest, remove_stale_temporaries
 from automl.data import Dataset, Item, fingerprint_array, load_dataset, stratified_holdout
 from automl.errors import ConfigError, DataError
@@ -50,7 +51,7 @@ from automl.store import Store
 
 EXCLUDE_MODES = ("drop", "refuse")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,79}$")
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: seed streams (automl.seeds) replaced seed + k and [seed, epoch]
 # From random weights the moving statistics start at mean 0, variance 1; Keras's 0.99 leaves them far
 # from the data's after the few hundred steps a small dataset gives, and validation (which uses them)
 # then sees the majority class only. 0.9 catches up within a few dozen steps.
@@ -325,7 +326,7 @@ def _validation_split(dataset: Dataset, items: list[Item], fraction: float, seed
         note = "the data's val split"
     else:
         labels = [it.label for it in train]
-        held = stratified_holdout(labels, fraction, seed)
+        held = stratified_holdout(labels, fraction, seeds.derive(seed, "pretrain", "val"))
         if held is None:
             counts = {c: labels.count(c) for c in set(labels)}
             raise DataError(f"{dataset.root}: cannot hold out a stratified {fraction:g} validation split (class "
@@ -365,11 +366,12 @@ def _build(keras, backbone, w, settings: Settings, n_classes: int) -> _Models:
         features = net(keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="preprocess")(inputs))
         extractor = keras.Model(inputs, features, name=f"{backbone.name}-pretrained")
         aug = settings.augmentation
-        x = keras.layers.RandomFlip(aug["flip"], seed=seed)(inputs)
-        x = keras.layers.RandomRotation(aug["rotation"], fill_mode="reflect", seed=seed + 1)(x)
-        x = keras.layers.RandomZoom(aug["zoom"], fill_mode="reflect", seed=seed + 2)(x)
+        x = keras.layers.RandomFlip(aug["flip"], seed=seeds.derive(seed, "pretrain", "flip"))(inputs)
+        x = keras.layers.RandomRotation(aug["rotation"], fill_mode="reflect",
+                                        seed=seeds.derive(seed, "pretrain", "rotation"))(x)
+        x = keras.layers.RandomZoom(aug["zoom"], fill_mode="reflect", seed=seeds.derive(seed, "pretrain", "zoom"))(x)
         x = extractor(x)
-        x = keras.layers.Dropout(settings.dropout, seed=seed + 3)(x)
+        x = keras.layers.Dropout(settings.dropout, seed=seeds.derive(seed, "pretrain", "dropout"))(x)
         outputs = keras.layers.Dense(n_classes, activation="softmax", name="head")(x)
         model = keras.Model(inputs, outputs)
         model.compile(optimizer=keras.optimizers.Adam(settings.learning_rate),
@@ -426,7 +428,7 @@ def _train(keras, models: _Models, settings: Settings, train: list[Item], val: l
         t0 = time.perf_counter()
         lr = settings.learning_rate * 0.5 * (1 + math.cos(math.pi * epoch / settings.epochs))
         model.optimizer.learning_rate = lr
-        order = np.random.default_rng([settings.seed, epoch]).permutation(len(train))
+        order = seeds.rng(settings.seed, "pretrain", "epoch", epoch).permutation(len(train))
         steps = len(train) // batch  # drop the short last batch: one batch shape, one traced graph
         losses, accuracies = [], []  # train_on_batch reports each batch alone: averaged here
         bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{settings.epochs}", unit="batch", disable=not progress,

@@ -144,7 +144,7 @@ class DCGAN(Augmenter):
         batch = min(p["batch_size"], n)
         steps_per_epoch = -(-n // batch)
 
-        rng = torch.Generator().manual_seed(image_seed(seed, label, 0, "dcgan-samples"))
+        rng = torch.Generator().manual_seed(image_seed(seed, label, 0, "dcgan-train"))
         generator, discriminator = _generator(side, p["width"]), _discriminator(side, p["width"])
         for net in (generator, discriminator):
             _init_weights(net, rng)

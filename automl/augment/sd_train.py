@@ -17,9 +17,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from automl import seeds
+from automl._files import atomic_folder, atomic_write
 from automl.augment.sd_common import (estimate, image_seed, inference_dtype, is_sdxl, load_pipeline, quiet_loading,
                                       release, run_pipeline, training_precision, warn_cpu)
-from automl._files import atomic_folder, atomic_write
 
 DONE = "complete.json"  # written last into the temp folder; a folder without it is never used
 
@@ -203,7 +204,7 @@ def train(parts: dict, instance: list[tuple[np.ndarray, str]], *, prior: list[tu
     inst_px = pixels([im for im, _ in instance])
     prior_px = pixels([im for im, _ in prior]) if prior else None
     generator = torch.Generator("cpu").manual_seed(seed)
-    rng = np.random.default_rng([seed, 271828])
+    rng = seeds.rng(seed, "train", "batches")
     bar = tqdm(range(steps), desc=desc, unit="step", disable=not progress, dynamic_ncols=True)
     losses: list[float] = []
     t_start = time.perf_counter()
