@@ -1,4 +1,4 @@
-"""Named random streams, all derived from the one seed a recipe or command takes. Imports nothing of the project.
+"""Named random streams derived from the one seed a recipe or command takes. Imports nothing of the project.
 
 Every consumer of randomness asks for its own stream by name instead of reusing the seed or adding
 a private salt, so the streams are independent of each other (the test split does not move when
@@ -9,7 +9,9 @@ Names are joined by ``:``, so ``derive(seed, "augment", 3, "order")`` is the str
 ``augment:3:order``. The streams in use:
 
 ============================  ==========================================================================
-``split``                     the test split held out of data without one (``data.split_test``)
+``split``                     the test split held out of data without one (``data.split_test``): for
+                              now the seed as given, not ``derive(seed, "split")``, so the test split
+                              stays where earlier versions put it
 ``folds``                     the cross-validation folds of the search (``search.run_search``)
 ``search``                    the Optuna sampler
 ``head``                      every head's ``random_state``, in the search and in the refit
@@ -30,8 +32,9 @@ Names are joined by ``:``, so ``derive(seed, "augment", 3, "order")`` is the str
 ``bootstrap``                 ``compare``'s bootstrap intervals
 ============================  ==========================================================================
 
-Not streams: ``compare``'s repeat ``r`` runs with seed ``seed + r`` (the repeat seeds are shown and
-recorded), and an extractor's random weights use the seed as given (it is part of the embedding cache key).
+Not derived: the ``split`` above; ``compare``'s repeat ``r``, which runs with seed ``seed + r`` (the
+repeat seeds are shown and recorded); and an extractor's random weights, which use the seed as given
+(it is part of the embedding cache key).
 """
 
 from __future__ import annotations
