@@ -3,9 +3,9 @@
 Every synthetic image is a PNG in ``<generated>/<key>/<class index>/NNNNNN.png`` beside a JSON record
 of its class, augmenter, parameters, seed and source image(s); the key hashes (augmenter,
 parameters, the training images' fingerprints and labels, seed, ``KEY_VERSION``). Image ``k`` of a
-class is always the same image, so a re-run generates nothing new, a larger ratio only adds images, and a killed
-run keeps every image whose record was written (the record is written after its image, each
-atomically). Fitted generators live in ``<generators>/<key>/``, keyed by the parameters that
+class is always the same image, so a re-run generates nothing new, a larger ratio only adds images,
+and a killed run keeps every image whose record was written (the record is written after its image,
+each atomically). Fitted generators live in ``<generators>/<key>/``, keyed by the parameters that
 change the fit, and are reused the same way.
 
 The augmenter is handed training items only: ``augment`` takes the training split, never the test
