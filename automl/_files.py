@@ -33,20 +33,27 @@ def temporary_owner(path: Path) -> int | None:
     return int(pid) if pid.isdigit() else None
 
 
-def atomic_write(path: Path, write: Callable) -> None:
-    """Write through ``write(file)`` (a binary file object) to a temporary sibling, then rename over ``path``."""
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary sibling of ``path`` (same suffix) for a writer that wants a file name, such as
+    Keras's ``save``; when the block ends without an error it is renamed over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_sibling(path)
     try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        _remove(tmp)
+
+
+def atomic_write(path: Path, write: Callable) -> None:
+    """Write through ``write(file)`` (a binary file object) to a temporary sibling, then rename over ``path``."""
+    with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -54,11 +61,12 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 @contextmanager
-def atomic_folder(final: Path, *, replace: bool = False) -> Iterator[Path]:
+def atomic_folder(final: Path, *, replace: bool | Callable[[Path], bool] = False) -> Iterator[Path]:
     """Yield an empty temporary folder beside ``final``; when the block ends without an error it is
-    renamed to ``final`` (all or nothing). With ``replace``, an existing ``final`` is swapped out;
-    without it, an existing ``final`` (another writer finished first) is kept and the new one dropped.
-    Temporaries of killed writers beside it are removed first."""
+    renamed to ``final`` (all or nothing). An existing ``final`` (another writer finished first) is
+    kept and the new folder dropped, unless ``replace`` is true or, called with the existing folder
+    when the block ends, returns true (it may also raise, to refuse). Temporaries of killed writers
+    beside it are removed first."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(final.parent)
@@ -66,16 +74,25 @@ def atomic_folder(final: Path, *, replace: bool = False) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
-        if final.exists() and replace:
+        if not final.exists():
+            try:
+                os.replace(tmp, final)
+            except OSError:
+                if not final.exists():
+                    raise
+                # lost a race: another writer renamed its folder into place after the check
+        elif replace is True or (callable(replace) and replace(final)):
             old = temporary_sibling(final)
             os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        elif not final.exists():
-            os.replace(tmp, final)
+            try:
+                os.replace(tmp, final)
+            except OSError:
+                if not final.exists():
+                    os.replace(old, final)  # a real failure: put the previous folder back
+                    raise
+            _remove(old)
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        _remove(tmp)
 
 
 def remove_stale_temporaries(folder: Path) -> None:
@@ -87,10 +104,15 @@ def remove_stale_temporaries(folder: Path) -> None:
         pid = temporary_owner(tmp)
         if pid is None or process_alive(pid):
             continue
-        if tmp.is_dir() and not tmp.is_symlink():
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            tmp.unlink(missing_ok=True)
+        _remove(tmp)
+
+
+def _remove(path: Path) -> None:
+    """Delete a file, link or folder tree, if there."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def process_alive(pid: int) -> bool:

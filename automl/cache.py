@@ -1,6 +1,6 @@
 """The embedding cache: one folder per extractor key, rows keyed by image fingerprint.
 
-Embeddings are appended as shard files, each written to a temporary name and renamed into place,
+Embeddings are appended as shard files, each written atomically (``automl._files``),
 so a reader never sees half a shard, a killed embed keeps every shard it finished (and resumes from
 there), and two processes filling the same folder at once at worst both write a row (identical,
 harmless) — never a corrupt file. The folder is handed in; the cache knows nothing of runs or stores.
@@ -17,6 +17,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
+from automl._files import atomic_write, atomic_write_text, remove_stale_temporaries
 from automl.errors import StoreError
 
 FINGERPRINT_DTYPE = "S32"  # 128-bit blake2b digests as hex
@@ -88,40 +89,4 @@ class EmbeddingCache:
         if self._on_first_write is not None:
             self._on_first_write()
         self.folder.mkdir(parents=True, exist_ok=True)
-        atomic_write(meta, lambda f: f.write(json.dumps(self.key, indent=2, sort_keys=True).encode()))
-
-
-def atomic_write(path: Path, write) -> None:
-    """Write through ``write(file)`` to a temporary sibling, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{uuid.uuid4().hex}-{path.name}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def remove_stale_temporaries(folder: Path) -> None:
-    """Delete temporaries left by a writer that was killed (its process no longer exists)."""
-    for tmp in folder.glob(".tmp-*"):
-        try:
-            pid = int(tmp.name.split("-")[1])
-        except (IndexError, ValueError):
-            continue
-        if not process_alive(pid):
-            tmp.unlink(missing_ok=True)
-
-
-def process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        atomic_write_text(meta, json.dumps(self.key, indent=2, sort_keys=True))

@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from automl.seeds import rng as stream_rng
+
 ALPHA = 0.05
 BOOTSTRAP = 10_000
 # (column label, key of a run's "test" record)
@@ -88,7 +90,7 @@ def summarize(runs: dict[str, list[dict]], labels: list[str], verdict_key: str, 
     keys = [key for _, key in METRIC_COLUMNS]
     if verdict_key not in keys:
         keys.append(verdict_key)
-    rng = np.random.default_rng([seed, 2718])
+    rng = stream_rng(seed, "bootstrap")
     base = runs[labels[0]]
     table = {}
     for label in labels:

@@ -226,6 +226,8 @@ def split_test(dataset: Dataset, *, test_fraction: float = 0.2, seed: int = 0) -
         raise ConfigError(f"test_fraction must be in (0, 1); got {test_fraction}.")
     train = [i for i, it in enumerate(dataset.items) if it.split == "train"]
     labels = [dataset.items[i].label for i in train]
+    # The seed as given, not a derived stream (see automl.seeds): the test split stays where earlier
+    # versions held it out, so runs before and after stay comparable on the same test images.
     held = stratified_holdout(labels, test_fraction, seed)
     if held is None:
         counts = Counter(labels)

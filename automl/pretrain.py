@@ -41,7 +41,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from automl.cache import atomic_write, remove_stale_temporaries
+from automl import seeds
+from automl._files import atomic_path, atomic_write_text, content_digest, remove_stale_temporaries
 from automl.data import Dataset, Item, fingerprint_array, load_dataset, stratified_holdout
 from automl.errors import ConfigError, DataError
 from automl.extractors import DEFAULT_IMAGE_SIZE, EXTRACTORS, Backbone, Weights, dtype_policy, import_keras
@@ -50,7 +51,7 @@ from automl.registry import canonical
 from automl.store import Store
 
 EXCLUDE_MODES = ("drop", "refuse")
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: seed streams (automl.seeds) replaced seed + k and [seed, epoch]
 # From random weights the moving statistics start at mean 0, variance 1; Keras's 0.99 leaves them far
 # from the data's after the few hundred steps a small dataset gives, and validation (which uses them)
 # then sees the majority class only. 0.9 catches up within a few dozen steps.
@@ -278,7 +279,7 @@ def _validation_split(dataset: Dataset, items: list[Item], fraction: float, seed
         note = "the data's val split"
     else:
         labels = [it.label for it in train]
-        held = stratified_holdout(labels, fraction, seed)
+        held = stratified_holdout(labels, fraction, seeds.derive(seed, "pretrain", "val"))
         if held is None:
             counts = {c: labels.count(c) for c in set(labels)}
             raise DataError(f"{dataset.root}: cannot hold out a stratified {fraction:g} validation split (class "
@@ -316,11 +317,12 @@ def _build(keras, backbone: Backbone, weights: Weights, settings: Settings, n_cl
         features = net(keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="preprocess")(inputs))
         extractor = keras.Model(inputs, features, name=f"{backbone.name}-pretrained")
         aug = settings.augmentation
-        x = keras.layers.RandomFlip(aug["flip"], seed=seed)(inputs)
-        x = keras.layers.RandomRotation(aug["rotation"], fill_mode="reflect", seed=seed + 1)(x)
-        x = keras.layers.RandomZoom(aug["zoom"], fill_mode="reflect", seed=seed + 2)(x)
+        x = keras.layers.RandomFlip(aug["flip"], seed=seeds.derive(seed, "pretrain", "flip"))(inputs)
+        x = keras.layers.RandomRotation(aug["rotation"], fill_mode="reflect",
+                                        seed=seeds.derive(seed, "pretrain", "rotation"))(x)
+        x = keras.layers.RandomZoom(aug["zoom"], fill_mode="reflect", seed=seeds.derive(seed, "pretrain", "zoom"))(x)
         x = extractor(x)
-        x = keras.layers.Dropout(settings.dropout, seed=seed + 3)(x)
+        x = keras.layers.Dropout(settings.dropout, seed=seeds.derive(seed, "pretrain", "dropout"))(x)
         outputs = keras.layers.Dense(n_classes, activation="softmax", name="head")(x)
         model = keras.Model(inputs, outputs)
         model.compile(optimizer=keras.optimizers.Adam(settings.learning_rate),
@@ -377,7 +379,7 @@ def _train(keras, models: _Models, settings: Settings, train: list[Item], val: l
         t0 = time.perf_counter()
         lr = settings.learning_rate * 0.5 * (1 + math.cos(math.pi * epoch / settings.epochs))
         model.optimizer.learning_rate = lr
-        order = np.random.default_rng([settings.seed, epoch]).permutation(len(train))
+        order = seeds.rng(settings.seed, "pretrain", "epoch", epoch).permutation(len(train))
         steps = len(train) // batch  # drop the short last batch: one batch shape, one traced graph
         losses, accuracies = [], []  # train_on_batch reports each batch alone: averaged here
         bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{settings.epochs}", unit="batch", disable=not progress,
@@ -407,9 +409,9 @@ def _train(keras, models: _Models, settings: Settings, train: list[Item], val: l
             history["stopped_early"] = history["wait"] >= settings.patience
         last = _save_weights(model, checkpoint, f"last-{epoch + 1}")
         # state.json is the commit point: the files it names are complete before it is written.
-        atomic_write(checkpoint / "state.json", lambda f: f.write(json.dumps(
+        atomic_write_text(checkpoint / "state.json", json.dumps(
             {"version": CHECKPOINT_VERSION, "identity": identity, "epoch": epoch + 1, "last_file": last,
-             "history": history}, indent=1).encode()))
+             "history": history}, indent=1))
         for old in checkpoint.glob("*.weights.h5"):
             if old.name not in (last, history["best_file"]):
                 old.unlink(missing_ok=True)
@@ -421,9 +423,8 @@ def _train(keras, models: _Models, settings: Settings, train: list[Item], val: l
 
 def _save_weights(model, folder: Path, stem: str) -> str:
     name = f"{stem}.weights.h5"
-    tmp = folder / f".tmp-{os.getpid()}-{stem}.weights.h5"
-    model.save_weights(str(tmp))
-    os.replace(tmp, folder / name)
+    with atomic_path(folder / name) as tmp:  # Keras wants a file name ending in .weights.h5
+        model.save_weights(str(tmp))
     return name
 
 
@@ -464,20 +465,14 @@ def _evaluate(model, items: list[Item], batch: int, size: int) -> tuple[float, f
 
 def _save(extractor, record: dict, root: Store, name: str) -> tuple[Path, Path]:
     from automl.pipeline import library_versions
-    from automl._files import content_digest
 
     folder = root.extractors_dir
     root.ensure()
-    folder.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(folder)
     model_path, record_path = folder / f"{name}.keras", folder / f"{name}.json"
-    tmp = folder / f".tmp-{os.getpid()}-{name}.keras"
-    try:
+    with atomic_path(model_path) as tmp:
         extractor.save(str(tmp))
         record["model"]["content_hash"] = content_digest(tmp)
         record["versions"] = library_versions()
-        os.replace(tmp, model_path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    atomic_write(record_path, lambda f: f.write(json.dumps(record, indent=2).encode()))
+    atomic_write_text(record_path, json.dumps(record, indent=2))
     return model_path, record_path

@@ -1,20 +1,20 @@
 """Run folders and model bundles in the store.
 
-A run folder is assembled under a temporary name and renamed into place when complete, so
-``runs/`` never holds half a run. Run ids are short and sort by time: ``YYMMDD-HHMMSS-xxxx``.
+A run folder is assembled under a temporary name and renamed into place when complete
+(``automl._files.atomic_folder``), so ``runs/`` never holds half a run. Run ids are short and sort
+by time: ``YYMMDD-HHMMSS-xxxx``.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import secrets
-import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable
 
+from automl._files import atomic_folder
 from automl.errors import StoreError
 
 
@@ -24,18 +24,16 @@ def new_run_id() -> str:
 
 def write_run(runs_dir: Path, run_id: str, files: dict[str, Callable[[Path], None]]) -> Path:
     """Create ``runs_dir/run_id`` with each file written by its callable, all or nothing."""
-    runs_dir.mkdir(parents=True, exist_ok=True)
-    tmp = runs_dir / f".tmp-{os.getpid()}-{run_id}"
-    final = runs_dir / run_id
-    tmp.mkdir()
-    try:
+    final = Path(runs_dir) / run_id
+    with atomic_folder(final, replace=_refuse_existing_run) as tmp:
         for name, write in files.items():
             write(tmp / name)
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return final
+
+
+def _refuse_existing_run(folder: Path) -> bool:
+    raise StoreError(f"{folder} exists already: a run id is never reused. Run the command again for a new id; "
+                     "if that folder was copied in by hand, move it away.")
 
 
 def list_runs(runs_dir: Path) -> list[dict]:

@@ -18,6 +18,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from automl.evaluate import full_proba, score
+from automl.seeds import derive
 
 # The published study's fixed setups, enqueued so the user sees what the search adds to them.
 REFERENCE_SETUPS = (
@@ -36,9 +37,10 @@ class Candidate:
     params: dict
 
     def build(self, seed: int):
+        """The head, its ``random_state`` the run's ``head`` stream (the same in the search and the refit)."""
         from automl.heads import HEADS
 
-        return HEADS.get(self.head)(random_state=seed, **self.params)
+        return HEADS.get(self.head)(random_state=derive(seed, "head"), **self.params)
 
     def describe(self) -> str:
         shown = ", ".join(f"{k}={_short(v)}" for k, v in sorted(self.params.items()))
@@ -130,7 +132,8 @@ def run_search(
 ):
     """Run (or resume) the study; returns it. ``features`` maps extractor name -> (n, dim) rows
     aligned with ``y``; ``n_trials`` counts finished trials, earlier runs of this study included.
-    ``seed`` seeds the sampler and the heads, ``cv_seed`` (default: ``seed``) the fold split;
+    ``seed`` seeds the sampler and the heads (streams ``search`` and ``head``), ``cv_seed`` (default:
+    ``seed``) the fold split (stream ``folds``);
     ``groups`` and ``synthetic`` shape the folds (``cv_splits``)."""
     import optuna
 
@@ -139,13 +142,13 @@ def run_search(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     extractors = list(features)
     heads = list(heads)
-    folds = cv_splits(y, cv, seed if cv_seed is None else cv_seed, groups, synthetic=synthetic)
+    folds = cv_splits(y, cv, derive(seed if cv_seed is None else cv_seed, "folds"), groups, synthetic=synthetic)
     n_classes = int(y.max()) + 1
     with warnings.catch_warnings():
         # multivariate/group TPE is marked experimental, and is what a conditional space (each
         # head has its own parameters) needs to model parameters jointly.
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)
+        sampler = optuna.samplers.TPESampler(seed=derive(seed, "search"), multivariate=True, group=True)
     study = optuna.create_study(
         storage=storage, study_name=name, load_if_exists=True, direction="maximize", sampler=sampler,
         pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1),

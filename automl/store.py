@@ -21,7 +21,8 @@ import json
 import os
 from pathlib import Path
 
-from automl.cache import EmbeddingCache, atomic_write
+from automl._files import atomic_write_text
+from automl.cache import EmbeddingCache
 from automl.errors import StoreError
 
 STORE_VERSION = 1
@@ -93,6 +94,6 @@ class Store:
         if stamp.exists():
             return
         try:
-            atomic_write(stamp, lambda f: f.write(json.dumps({"version": STORE_VERSION}).encode()))
+            atomic_write_text(stamp, json.dumps({"version": STORE_VERSION}))
         except OSError as exc:
             raise StoreError(f"cannot write to store {self.root}: {exc}. Pass --store with a writable folder.") from exc

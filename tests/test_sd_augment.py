@@ -238,7 +238,7 @@ def test_partial_save_is_never_taken_as_finished(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         save_atomic(final, crash, {})
     assert not final.exists() and not list(tmp_path.iterdir())
-    stale = tmp_path / ".class-0-abc.tmp-999999999-abcdef"  # a killed process's leftovers
+    stale = tmp_path / ".tmp-999999999-abcdef-class-0-abc"  # a killed process's leftovers (automl._files naming)
     stale.mkdir()
     save_atomic(final, lambda folder: (folder / "weights").write_text("whole"), {"ok": 1})
     assert (final / "weights").read_text() == "whole" and (final / "complete.json").is_file()

@@ -38,7 +38,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from automl.augment.base import Augmenter, check_range, image_seed, register
-from automl.cache import atomic_write, remove_stale_temporaries
+from automl._files import atomic_write, remove_stale_temporaries
 from automl.errors import ConfigError
 
 LATENT = 100
@@ -144,7 +144,7 @@ class DCGAN(Augmenter):
         batch = min(p["batch_size"], n)
         steps_per_epoch = -(-n // batch)
 
-        rng = torch.Generator().manual_seed(image_seed(seed, label, 0, "dcgan-samples"))
+        rng = torch.Generator().manual_seed(image_seed(seed, label, 0, "dcgan-train"))
         generator, discriminator = _generator(side, p["width"]), _discriminator(side, p["width"])
         for net in (generator, discriminator):
             _init_weights(net, rng)

@@ -2,10 +2,10 @@
 
 Every synthetic image is a PNG in ``<generated>/<key>/<class index>/NNNNNN.png`` beside a JSON record
 of its class, augmenter, parameters, seed and source image(s); the key hashes (augmenter,
-parameters, the training images' fingerprints and labels, seed). Image ``k`` of a class is always
-the same image, so a re-run generates nothing new, a larger ratio only adds images, and a killed
-run keeps every image whose record was written (the record is written after its image, each
-atomically). Fitted generators live in ``<generators>/<key>/``, keyed by the parameters that
+parameters, the training images' fingerprints and labels, seed, ``KEY_VERSION``). Image ``k`` of a
+class is always the same image, so a re-run generates nothing new, a larger ratio only adds images,
+and a killed run keeps every image whose record was written (the record is written after its image,
+each atomically). Fitted generators live in ``<generators>/<key>/``, keyed by the parameters that
 change the fit, and are reused the same way.
 
 The augmenter is handed training items only: ``augment`` takes the training split, never the test
@@ -25,13 +25,17 @@ from typing import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from automl import seeds
+from automl._files import atomic_write
 from automl.augment.base import Augmenter, build_augmenter
 from automl.augment.plan import AugmentSpec, plan_counts, reduce_real
-from automl.cache import atomic_write
 from automl.data import Item, fingerprint_bytes
 from automl.errors import DataError
 
 CHUNK = 8  # images per generate() call: the most a killed run loses per class
+# Part of every generated-image and generator key: bumped whenever the same key would make other images.
+# 2: seeds come from named streams (automl.seeds), no longer from ad-hoc salts.
+KEY_VERSION = 2
 TRAIN_SPLITS = ("train", "val")  # val joins training in fit; cross-validation replaces it
 
 
@@ -51,7 +55,7 @@ class Synthetic:
 
 def key_of(name: str, params: dict, train: Sequence[Item], seed: int) -> str:
     h = hashlib.blake2b(digest_size=8)
-    h.update(json.dumps([name, params, seed], sort_keys=True, default=str).encode())
+    h.update(json.dumps([name, params, seed, KEY_VERSION], sort_keys=True, default=str).encode())
     for fp, label in sorted((it.fingerprint, it.label) for it in train):
         h.update(f"{fp}:{label};".encode())
     return f"{name}-{h.hexdigest()}"
@@ -160,7 +164,7 @@ def _missing(out_dir: Path, counts: dict[int, int]) -> dict[int, list[int]]:
 def _source_order(members: list[Item], label: int, seed: int) -> list[Item]:
     """The class's images in a seeded order that does not depend on the dataset's listing order."""
     members = sorted(members, key=lambda it: it.fingerprint)
-    rng = np.random.default_rng([seed, label, 104729])
+    rng = seeds.rng(seed, "augment", label, "order")
     return [members[i] for i in rng.permutation(len(members))]
 
 
@@ -170,6 +174,7 @@ def _write_key(out_dir: Path, augmenter: Augmenter, real: Sequence[Item], seed: 
         return
     atomic_write(meta, lambda f: f.write(json.dumps({
         "augmenter": augmenter.name, "params": augmenter.params, "seed": seed, "train_images": len(real),
+        "key_version": KEY_VERSION,
     }, indent=2, sort_keys=True, default=str).encode()))
 
 

@@ -24,6 +24,7 @@ from typing import Any, Literal, Optional, Sequence, Union
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from automl import seeds
 from automl.errors import ConfigError
 from automl.registry import canonical
 
@@ -161,7 +162,7 @@ def reduce_real(labels: Sequence[int], fraction: float, seed: int) -> list[int]:
     labels = np.asarray(labels)
     if fraction == 1:
         return list(range(len(labels)))
-    rng = np.random.default_rng([seed, 7919])
+    rng = seeds.rng(seed, "augment", "real")
     keep: list[int] = []
     for c, n in sorted(Counter(labels.tolist()).items()):
         members = np.flatnonzero(labels == c)

@@ -27,6 +27,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from automl import seeds
 from automl.augment.base import Augmenter, check_range, image_seed
 from automl.errors import ConfigError, WeightsUnavailableError
 
@@ -314,7 +315,7 @@ def generate_images(augmenter, pipe, prompt: str, label: int, indices: Sequence[
             augmenter.estimated_ = True
             estimate(augmenter.device_, augmenter.name, per_image, remaining, "image")
 
-    return run_pipeline(pipe, [prompt] * len(indices), [image_seed(seed, label, k) for k in indices],
+    return run_pipeline(pipe, [prompt] * len(indices), [image_seed(seed, label, k, "generate") for k in indices],
                         batch_size=p["batch_size"], negative_prompt=p["negative_prompt"],
                         num_inference_steps=p["steps"], guidance_scale=p["guidance_scale"], timer=timer, **kwargs)
 
@@ -348,7 +349,7 @@ def _sample_random(items: list, arg: str, seed: int) -> list:
     n = int(arg)
     if n >= len(items):
         return list(items)
-    rng = np.random.default_rng([seed, 15485863])
+    rng = seeds.rng(seed, "augment", "sampler")
     return [items[i] for i in sorted(rng.choice(len(items), size=n, replace=False))]
 
 

@@ -15,6 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
+from automl import seeds
 from automl.augment.base import register
 from automl.augment.sd_common import (COMMON, REQUIRES, SDAugmenter, check_common, check_training, check_template,
                                       class_noun, fill, generate_images, image_seed, is_sdxl, release, sample_items,
@@ -119,7 +120,7 @@ class SDTextualInversion(SDAugmenter):
             weight = encoder.get_input_embeddings().weight
             weight[keep] = original[keep].to(weight.device, weight.dtype)
 
-        rng = np.random.default_rng([seed, label, 31337])
+        rng = seeds.rng(seed, "augment", label, "prompts")
         images = [it.load(p["resolution"]) for it in sample_items(p["sampler"], items, seed)]
         # Each image gets a fixed template drawn once, so the data do not depend on the step count.
         instance = [(im, fill(p["training_prompts"][rng.integers(len(p["training_prompts"]))], token=token,

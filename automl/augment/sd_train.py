@@ -11,18 +11,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 import time
-import uuid
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
+from automl import seeds
+from automl._files import atomic_folder, atomic_write
 from automl.augment.sd_common import (estimate, image_seed, inference_dtype, is_sdxl, load_pipeline, quiet_loading,
                                       release, run_pipeline, training_precision, warn_cpu)
-from automl.cache import atomic_write, process_alive
 
 DONE = "complete.json"  # written last into the temp folder; a folder without it is never used
 
@@ -45,26 +43,11 @@ def is_done(folder: Path) -> bool:
 
 def save_atomic(final: Path, write: Callable[[Path], None], meta: dict) -> None:
     """Write into a temp folder beside ``final``, mark it complete, then rename it into place: a killed
-    save leaves only a temp folder, which the next save removes."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    for stale in final.parent.glob(f".{final.name}.tmp-*"):
-        pid = stale.name.rsplit("-", 2)[-2]
-        if not (pid.isdigit() and process_alive(int(pid))):
-            shutil.rmtree(stale, ignore_errors=True)
-    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-    tmp.mkdir()
-    try:
+    save leaves only a temp folder, which the next save removes. A complete ``final`` (another process
+    finished the same fit first) is kept; an incomplete one is replaced."""
+    with atomic_folder(final, replace=lambda existing: not is_done(existing)) as tmp:
         write(tmp)
         (tmp / DONE).write_text(json.dumps(meta, indent=1, sort_keys=True, default=str))
-        if is_done(final):  # another process finished the same fit first
-            shutil.rmtree(tmp)
-        else:
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 # ---------------------------------------------------------------- prior-preservation class images
@@ -221,7 +204,7 @@ def train(parts: dict, instance: list[tuple[np.ndarray, str]], *, prior: list[tu
     inst_px = pixels([im for im, _ in instance])
     prior_px = pixels([im for im, _ in prior]) if prior else None
     generator = torch.Generator("cpu").manual_seed(seed)
-    rng = np.random.default_rng([seed, 271828])
+    rng = seeds.rng(seed, "train", "batches")
     bar = tqdm(range(steps), desc=desc, unit="step", disable=not progress, dynamic_ncols=True)
     losses: list[float] = []
     t_start = time.perf_counter()
