@@ -316,7 +316,8 @@ def _rows(result: EmbedResult, kept: list[int]) -> np.ndarray:
 
 def _fingerprint(items, kept: list[int], synthetic=None) -> str:
     """What the search's data is: every row's image and label, which rows are synthetic and how they
-    mix, and the fold scheme (v2: identical images grouped; v3: folds, sampler and heads seeded from named streams), so a changed scheme never resumes an old study."""
+    mix, and the fold scheme (v2: identical images grouped; v3: folds, sampler and heads seeded from named
+    streams), so a changed scheme never resumes an old study."""
     h = hashlib.blake2b(digest_size=12)
     h.update(b"folds:v3;")
     if synthetic is not None:
