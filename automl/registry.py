@@ -37,6 +37,11 @@ class Registry(Generic[T]):
 
         return add
 
+    def register_class(self, cls: T) -> T:
+        """A class decorator for a component class that carries its key as ``name`` (heads,
+        augmenters): ``@register`` above the class, the name written once, in the class."""
+        return self.register(cls.name)(cls)
+
     def get(self, name: str) -> T:
         key = canonical(name)
         try:
