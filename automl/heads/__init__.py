@@ -1,22 +1,23 @@
 """Shallow classifier heads over embedding vectors, looked up by name.
 
-Each head is a scikit-learn classifier whose module also holds its defaults and its Optuna search
-space (``search_space(trial)``, ``defaults_for_trial()``). Importing this package imports scikit-learn
-only; the ``ffnn`` head imports Keras when it is fitted.
+Each head is one module of this package: a scikit-learn classifier that registers itself
+(``@register``) and holds its defaults and its Optuna search space (``search_space(trial)``,
+``defaults_for_trial()``). Every module is imported here (``discover``), so adding a head is adding
+its file. Importing this package imports scikit-learn only; the ``ffnn`` head imports Keras when it
+is fitted.
 """
 
 from __future__ import annotations
 
-from automl.heads._base import Head
-from automl.heads.ffnn import FFNNHead
-from automl.heads.logreg_elasticnet import LogRegElasticNetHead
-from automl.heads.svc_rbf import SvcRbfHead
-from automl.registry import Registry
+from automl.heads._base import HEADS, Head, register
+from automl.registry import discover
 
-HEADS: Registry[type[Head]] = Registry("head")
+discover(__name__)
 
-for _head in (FFNNHead, SvcRbfHead, LogRegElasticNetHead):
-    HEADS.register(_head.name)(_head)
+# The published heads by class, for ``from automl.heads import SvcRbfHead``.
+from automl.heads.ffnn import FFNNHead  # noqa: E402
+from automl.heads.logreg_elasticnet import LogRegElasticNetHead  # noqa: E402
+from automl.heads.svc_rbf import SvcRbfHead  # noqa: E402
 
 
 def get_head(name: str) -> type[Head]:
@@ -24,4 +25,4 @@ def get_head(name: str) -> type[Head]:
     return HEADS.get(name)
 
 
-__all__ = ["HEADS", "FFNNHead", "Head", "LogRegElasticNetHead", "SvcRbfHead", "get_head"]
+__all__ = ["HEADS", "FFNNHead", "Head", "LogRegElasticNetHead", "SvcRbfHead", "get_head", "register"]
