@@ -2,22 +2,17 @@
 
 Each head is one module of this package: a scikit-learn classifier that registers itself
 (``@register``) and holds its defaults and its Optuna search space (``search_space(trial)``,
-``defaults_for_trial()``). Every module is imported here (``discover``), so adding a head is adding
-its file. Importing this package imports scikit-learn only; the ``ffnn`` head imports Keras when it
-is fitted.
+``defaults_for_trial()``). ``HEADS`` imports every module of the package at its first lookup
+(``automl.registry.discover``), so adding a head is adding its file. Importing this package imports
+scikit-learn only; the ``ffnn`` head imports Keras when it is fitted.
 """
 
 from __future__ import annotations
 
 from automl.heads._base import HEADS, Head, register
-from automl.registry import discover
-
-discover(__name__)
-
-# The published heads by class, for ``from automl.heads import SvcRbfHead``.
-from automl.heads.ffnn import FFNNHead  # noqa: E402
-from automl.heads.logreg_elasticnet import LogRegElasticNetHead  # noqa: E402
-from automl.heads.svc_rbf import SvcRbfHead  # noqa: E402
+from automl.heads.ffnn import FFNNHead
+from automl.heads.logreg_elasticnet import LogRegElasticNetHead
+from automl.heads.svc_rbf import SvcRbfHead
 
 
 def get_head(name: str) -> type[Head]:

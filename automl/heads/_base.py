@@ -80,5 +80,5 @@ class Head(ClassifierMixin, BaseEstimator):
         return self.classes_[np.argmax(proba, axis=1)]
 
 
-HEADS: Registry[type[Head]] = Registry("head")
+HEADS: Registry[type[Head]] = Registry("head", package="automl.heads")
 register = HEADS.register_class  # ``@register`` above a head class: its ``name`` is its key
