@@ -67,7 +67,7 @@ def test_registered_and_light_to_import():
     ("sd-img2img", {"precision": "fp8"}, r"'precision' parameter"),
     ("sd-img2img", {"strength": "0.1"}, r"must be float"),
     ("sd-img2img", {"stength": 0.1}, r"no parameter 'stength'; valid parameters: .*strength"),
-    ("sd-dreambooth", {"mode": "multi"}, r"'mode' parameter .* single-class, multi-class"),
+    ("sd-dreambooth", {"mode": "multi"}, r"'mode' parameter .* among \{'single-class', 'multi-class'\}"),
     ("sd-dreambooth", {"instance_prompt": "image of a {class}"}, r"must contain \{token\}"),
     ("sd-dreambooth", {"identifiers": []}, r"'identifiers'"),
     ("sd-dreambooth", {"identifiers": ["two words"]}, r"'identifiers'"),
@@ -83,6 +83,38 @@ def test_registered_and_light_to_import():
 def test_bad_params_are_named(name, params, match):
     with pytest.raises(ConfigError, match=match):
         build_augmenter(name, params)
+
+
+# The generated-image and fine-tune keys of each augmenter's default parameters, as stores written
+# before the precision words changed hold them: existing images and fine-tunes must keep being found.
+STORED_KEYS = {
+    "conventional": ("conventional-e350870c78c6de3f", "conventional-f70a30467bc80a80"),
+    "dcgan": ("dcgan-d1955bd4ef354f0a", "dcgan-843dac8de3e41a95"),
+    "sd-img2img": ("sd-img2img-15ecfe9269e3c507", "sd-img2img-d95359a305a87022"),
+    "sd-dreambooth": ("sd-dreambooth-e85215c91ccfe9f7", "sd-dreambooth-e2a142f8c64bcf06"),
+    "sd-lora": ("sd-lora-24517d2c182b6447", "sd-lora-06eef5425e053599"),
+    "sd-textual-inversion": ("sd-textual-inversion-cb654f9c49e78638", "sd-textual-inversion-73a0ec54917675fd"),
+}
+
+
+def test_default_parameters_keep_their_store_keys():
+    from types import SimpleNamespace
+
+    from automl.augment.generate import key_of
+
+    train = [SimpleNamespace(fingerprint=f"{i:016x}", label=i % 2) for i in range(4)]
+    for name, (images_key, fit_key) in STORED_KEYS.items():
+        augmenter = build_augmenter(name)
+        assert key_of(name, augmenter.params, train, 0) == images_key, name
+        assert key_of(name, augmenter.fit_signature(), train, 0) == fit_key, name
+
+
+@pytest.mark.parametrize("old, new", [("fp32", "float32"), ("fp16", "float16"), ("bf16", "bfloat16")])
+def test_precision_speaks_the_extractors_words_and_keeps_the_old_ones(old, new):
+    # One spelling is stored, so both name the same cached images and fine-tune.
+    for name in SD:
+        assert build_augmenter(name, {"precision": old}).params["precision"] == new
+        assert build_augmenter(name, {"precision": new}).params == build_augmenter(name, {"precision": old}).params
 
 
 def test_missing_weights_offline_error(tmp_path, monkeypatch, data):
