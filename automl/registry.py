@@ -17,11 +17,17 @@ def canonical(name: str) -> str:
 
 
 class Registry(Generic[T]):
-    """A name -> component table filled by a decorator; unknown names list the valid ones."""
+    """A name -> component table filled by a decorator; unknown names list the valid ones.
 
-    def __init__(self, kind: str):
+    ``package`` names the package whose modules hold the components: every one of its modules is
+    imported (``discover``) at the first lookup, not before, so importing a registry stays cheap
+    and adding a component is adding its file.
+    """
+
+    def __init__(self, kind: str, package: str | None = None):
         self.kind = kind
         self._items: dict[str, T] = {}
+        self._package = package
 
     def register(self, name: str) -> Callable[[T], T]:
         """A decorator (or a call on a value): ``@HEADS.register("svc-rbf")`` in the component's own file."""
@@ -37,19 +43,34 @@ class Registry(Generic[T]):
 
         return add
 
+    def register_class(self, cls: T) -> T:
+        """A class decorator for a component class that carries its key as ``name`` (heads,
+        augmenters): ``@register`` above the class, the name written once, in the class."""
+        return self.register(cls.name)(cls)
+
     def get(self, name: str) -> T:
         key = canonical(name)
         try:
-            return self._items[key]
+            return self._all()[key]
         except KeyError:
             valid = ", ".join(self.names())
             raise ConfigError(f"unknown {self.kind} {name!r}; valid names: {valid}") from None
 
     def names(self) -> list[str]:
-        return sorted(self._items)
+        return sorted(self._all())
 
     def __contains__(self, name: str) -> bool:
-        return canonical(name) in self._items
+        return canonical(name) in self._all()
+
+    def _all(self) -> dict[str, T]:
+        if self._package is not None:
+            package, self._package = self._package, None  # a module looking a name up meanwhile: no loop
+            try:
+                discover(package)
+            except BaseException:
+                self._package = package  # the next lookup meets the same error, not a partial table
+                raise
+        return self._items
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())

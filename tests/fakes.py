@@ -8,7 +8,7 @@ import json
 import numpy as np
 
 from automl.augment import AUGMENTERS, Augmenter, register
-from automl.augment.base import check_range
+from automl.params import Interval
 
 
 class Shift(Augmenter):
@@ -16,11 +16,9 @@ class Shift(Augmenter):
 
     name = "test-shift"
     defaults = {"noise": 8.0}
+    constraints = {"noise": [Interval(float, 0, closed="left")]}
     uses_sources = True
     seen: list[str] = []  # fingerprints of every source handed to generate
-
-    def check(self):
-        check_range(self.name, "noise", self.params["noise"], 0)
 
     def generate(self, label, indices, sources, seed):
         out = []

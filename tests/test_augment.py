@@ -67,7 +67,8 @@ def test_bad_plans_say_what_and_how_to_fix(kw, sizes, message):
     ({"classes": []}, "non-empty list"),
     ({"type": "no-such-thing"}, "unknown augmenter 'no-such-thing'; valid names:"),
     ({"params": {"nosie": 1.0}}, "no parameter 'nosie'; valid parameters: noise"),
-    ({"params": {"noise": -1.0}}, "The 'noise' parameter of augmenter 'test-shift' must be in the range [0, inf)"),
+    ({"params": {"noise": -1.0}},
+     "The 'noise' parameter of augmenter 'test-shift' must be a float in the range [0, inf)"),
     ({"params": {"noise": "loud"}}, "must be float like its default"),
     ({"mix": "both"}, "'real+synthetic' or 'synthetic-only'"),
 ])

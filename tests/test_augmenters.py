@@ -229,8 +229,8 @@ def test_dcgan_resumes_a_killed_fit_and_never_trusts_a_partial(small, tmp_path, 
 @pytest.mark.parametrize("kind, params, fragments", [
     ("conventional", {"rotate": 10}, ["no parameter 'rotate'; valid parameters: autoaugment, crop_scale, hflip, "
                                       "rotation, size, vflip"]),
-    ("conventional", {"rotation": 200.0}, ["The 'rotation' parameter of augmenter 'conventional' must be in the "
-                                           "range [0.0, 180.0]. Got 200.0"]),
+    ("conventional", {"rotation": 200.0}, ["The 'rotation' parameter of augmenter 'conventional' must be a float in "
+                                           "the range [0.0, 180.0]. Got 200.0"]),
     ("conventional", {"crop_scale": 0.0}, ["'crop_scale' parameter", "range (0.0, 1.0]"]),
     ("conventional", {"size": 4}, ["'size' parameter", "range [8, 4096]. Got 4"]),
     ("conventional", {"hflip": "yes"}, ["parameter 'hflip' must be bool"]),
@@ -238,7 +238,7 @@ def test_dcgan_resumes_a_killed_fit_and_never_trusts_a_partial(small, tmp_path, 
      ["every transform is off", "Turn at least one on"]),
     ("dcgan", {"latent": 50}, ["no parameter 'latent'",
                                "valid parameters: batch_size, beta1, epochs, lr, output_size, size, width"]),
-    ("dcgan", {"size": 48}, ["'size' parameter of augmenter 'dcgan' must be one of 0 (auto), 32, 64. Got 48"]),
+    ("dcgan", {"size": 48}, ["'size' parameter of augmenter 'dcgan' must be an int among {0, 32, 64}. Got 48"]),
     ("dcgan", {"epochs": 0}, ["'epochs' parameter", "range [1, inf). Got 0"]),
     ("dcgan", {"epochs": 2.5}, ["parameter 'epochs' must be int"]),
     ("dcgan", {"lr": 0}, ["'lr' parameter", "range (0.0, 1.0]"]),

@@ -1,20 +1,14 @@
 """Synthetic training images: the augmenter registry, the plan, and the cached generation.
 
-``--augment NAME`` looks the augmenter up in ``AUGMENTERS``; each module listed in ``_MODULES``
-registers its augmenters when imported (cheaply: torch and diffusers load only when an augmenter
-fits or generates).
+``--augment NAME`` looks the augmenter up in ``AUGMENTERS``. Each augmenter module registers its
+classes (``@register``); the registry imports every module of this package at its first lookup
+(``automl.registry.discover``), so adding an augmenter is adding its file. Every module here must
+therefore be cheap to import: torch, diffusers and the like are imported inside the functions that
+use them.
 """
 
 from __future__ import annotations
 
-import importlib
-
 from automl.augment.base import AUGMENTERS, Augmenter, build_augmenter, register
-
-# One module per augmenter family; importing it registers its names.
-_MODULES = ("conventional", "dcgan", "sd_img2img", "sd_dreambooth", "sd_textual_inversion")
-
-for _name in _MODULES:
-    importlib.import_module(f"automl.augment.{_name}")
 
 __all__ = ["AUGMENTERS", "Augmenter", "build_augmenter", "register"]

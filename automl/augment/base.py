@@ -8,7 +8,9 @@ augmenter only has to ``fit`` (when it learns something) and ``generate``.
 Contract, kept by every augmenter so that caching and resumption are correct:
 
 - ``defaults`` lists every parameter with its default; ``__init__`` refuses any other name (the
-  error lists the valid ones) and checks types and ranges (``check``).
+  error lists the valid ones), checks each value's type against its default's, then the
+  ``constraints`` (parameter -> accepted ``automl.params`` constraints), then ``check`` (what a
+  constraint cannot say, such as two parameters together).
 - ``fit_params`` names the parameters that change what ``fit`` learns. The fitted state lives in the
   ``work_dir`` it is handed, which is keyed by (augmenter, those parameters, the training images'
   fingerprints, seed): a second run with the same key must reuse what it finds there instead of
@@ -23,6 +25,9 @@ Contract, kept by every augmenter so that caching and resumption are correct:
   search keeps the output on its source's side of every fold. Otherwise ``sources`` holds ``None``.
 - Heavy packages (torch, diffusers) are imported inside methods; ``requires`` names them so a
   missing one fails before any work with the install command.
+
+An augmenter is one module of ``automl.augment`` with ``@register`` above its class: ``AUGMENTERS``
+imports every module of the package at its first lookup, so adding one is adding its file.
 """
 
 from __future__ import annotations
@@ -34,12 +39,14 @@ import numpy as np
 
 from automl import seeds
 from automl.errors import ConfigError
-from automl.registry import Registry, canonical
+from automl.params import check_params
+from automl.registry import Registry
 
 
 class Augmenter:
     name: ClassVar[str] = ""
     defaults: ClassVar[dict[str, Any]] = {}
+    constraints: ClassVar[dict[str, list]] = {}
     fit_params: ClassVar[tuple[str, ...]] = ()
     uses_sources: ClassVar[bool] = False
     requires: ClassVar[tuple[str, ...]] = ()
@@ -55,11 +62,12 @@ class Augmenter:
         merged = dict(self.defaults)
         for key, value in params.items():
             merged[key] = _check_type(self.name, key, value, self.defaults[key])
-        self.params = merged
+        self.params = check_params(f"augmenter {self.name!r}", merged, self.constraints)
         self.check()
 
     def check(self) -> None:
-        """Raise ``ConfigError`` naming the parameter, its constraint and the value found."""
+        """Beyond ``constraints``: raise ``ConfigError`` naming the parameter, what it must be and the
+        value found (``automl.params.param_error``)."""
 
     def preflight(self) -> None:
         """Check in seconds that ``fit`` and ``generate`` can run (e.g. the weights are reachable),
@@ -105,18 +113,6 @@ def _check_type(augmenter: str, key: str, value: Any, default: Any) -> Any:
     return value
 
 
-def check_range(augmenter: str, key: str, value, low=None, high=None, *, low_open=False, high_open=False) -> None:
-    """The house error for a number out of range, in scikit-learn's words."""
-    bad = (low is not None and (value <= low if low_open else value < low)) or \
-          (high is not None and (value >= high if high_open else value > high))
-    if bad:
-        lo = "-inf" if low is None else low
-        hi = "inf" if high is None else high
-        interval = f"{'(' if low_open or low is None else '['}{lo}, {hi}{')' if high_open or high is None else ']'}"
-        raise ConfigError(f"The {key!r} parameter of augmenter {augmenter!r} must be in the range {interval}. "
-                          f"Got {value!r} instead.")
-
-
 def image_seed(seed: int, label: int, index: int, stream: str) -> int:
     """The seed of output ``index`` of class ``label`` in ``stream`` (the seed stream
     ``augment:<label>:<stream>:<index>``), unrelated to its neighbours'; what keeps image k the same
@@ -125,14 +121,10 @@ def image_seed(seed: int, label: int, index: int, stream: str) -> int:
     return seeds.derive(seed, "augment", label, stream, index, bits=63)
 
 
-AUGMENTERS: Registry[type[Augmenter]] = Registry("augmenter")
+AUGMENTERS: Registry[type[Augmenter]] = Registry("augmenter", package="automl.augment")
 
 
-def register(cls: type[Augmenter]) -> type[Augmenter]:
-    """Class decorator: add an augmenter under its ``name``."""
-    if cls.name != canonical(cls.name):
-        raise ValueError(f"augmenter name {cls.name!r} is not canonical kebab-case")
-    return AUGMENTERS.register(cls.name)(cls)
+register = AUGMENTERS.register_class  # ``@register`` above an augmenter class: its ``name`` is its key
 
 
 def build_augmenter(name: str, params: Mapping[str, Any] | None = None) -> Augmenter:

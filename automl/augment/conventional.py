@@ -15,8 +15,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from automl.augment.base import Augmenter, check_range, image_seed, register
+from automl.augment.base import Augmenter, image_seed, register
 from automl.errors import ConfigError
+from automl.params import Interval, Options
 
 
 @register
@@ -33,6 +34,11 @@ class Conventional(Augmenter):
         "autoaugment": True,  # the AutoAugment ImageNet policy
         "size": 0,  # output side in px (square); 0 keeps each source's own size
     }
+    constraints = {
+        "rotation": [Interval(float, 0.0, 180.0)],
+        "crop_scale": [Interval(float, 0.0, 1.0, closed="right")],
+        "size": [Options((0,)), Interval(int, 8, 4096)],
+    }
 
     def __init__(self, **params: Any):
         super().__init__(**params)
@@ -40,10 +46,6 @@ class Conventional(Augmenter):
 
     def check(self) -> None:
         p = self.params
-        check_range(self.name, "rotation", p["rotation"], 0.0, 180.0)
-        check_range(self.name, "crop_scale", p["crop_scale"], 0.0, 1.0, low_open=True)
-        if p["size"] != 0:
-            check_range(self.name, "size", p["size"], 8, 4096)
         if not (p["hflip"] or p["vflip"] or p["rotation"] > 0 or p["crop_scale"] < 1 or p["autoaugment"]):
             raise ConfigError(f"augmenter {self.name!r}: every transform is off (hflip, vflip, autoaugment false, "
                               "rotation 0, crop_scale 1.0), so each output would copy its source. Turn at least "

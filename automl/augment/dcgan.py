@@ -37,9 +37,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from automl.augment.base import Augmenter, check_range, image_seed, register
+from automl.augment.base import Augmenter, image_seed, register
 from automl._files import atomic_write, remove_stale_temporaries
 from automl.errors import ConfigError
+from automl.params import Interval, Options
 
 LATENT = 100
 TINY = 32  # classes whose images are at most this many px train at 32x32 under size: 0
@@ -63,6 +64,15 @@ class DCGAN(Augmenter):
         "beta1": 0.5,
         "output_size": 128,  # side of the saved images (upsampled); 0 = the class's median image side
     }
+    constraints = {
+        "size": [Options((0, 32, 64))],
+        "epochs": [Interval(int, 1, closed="left")],
+        "batch_size": [Interval(int, 1, closed="left")],
+        "width": [Interval(int, 4, 1024)],
+        "lr": [Interval(float, 0.0, 1.0, closed="right")],
+        "beta1": [Interval(float, 0.0, 1.0, closed="left")],
+        "output_size": [Options((0,)), Interval(int, 8, 4096)],
+    }
     fit_params = ("size", "epochs", "batch_size", "width", "lr", "beta1")
 
     def __init__(self, **params: Any):
@@ -70,19 +80,6 @@ class DCGAN(Augmenter):
         self.generators_: dict[int, Any] = {}  # label -> generator network, eval mode
         self.output_sides_: dict[int, int] = {}
         self.trained_: dict[int, str] = {}  # label -> "trained", "resumed" or "reused" (for tests and logs)
-
-    def check(self) -> None:
-        p = self.params
-        if p["size"] not in (0, 32, 64):
-            raise ConfigError(f"The 'size' parameter of augmenter {self.name!r} must be one of 0 (auto), 32, 64. "
-                              f"Got {p['size']!r} instead.")
-        check_range(self.name, "epochs", p["epochs"], 1, None)
-        check_range(self.name, "batch_size", p["batch_size"], 1, None)
-        check_range(self.name, "width", p["width"], 4, 1024)
-        check_range(self.name, "lr", p["lr"], 0.0, 1.0, low_open=True)
-        check_range(self.name, "beta1", p["beta1"], 0.0, 1.0, high_open=True)
-        if p["output_size"] != 0:
-            check_range(self.name, "output_size", p["output_size"], 8, 4096)
 
     # ---- fit ---------------------------------------------------------------------------------------------
 

@@ -28,64 +28,64 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from automl import seeds
-from automl.augment.base import Augmenter, check_range, image_seed
+from automl.augment.base import Augmenter, image_seed
 from automl.errors import ConfigError, WeightsUnavailableError
+from automl.params import PRECISIONS, Interval, Options, param_error
 
 # The SD 1.5 the study used; runwayml/stable-diffusion-v1-5 was withdrawn from the Hub in 2024 and
 # this is its maintained mirror.
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 REQUIRES = ("torch", "diffusers", "transformers", "accelerate")
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 SWITCHES = ("auto", "on", "off")
+# The extractors' words; the older fp32/fp16/bf16 stay accepted and are stored as these, so an
+# explicit "fp16" and "float16" name the same cached images. (The default, auto, is unchanged.)
+PRECISION = Options(PRECISIONS, aliases={"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"})
 
 # Parameters every SD augmenter has. Generation-only ones never enter ``fit_params``.
 COMMON = {
     "model": DEFAULT_MODEL,
     "device": "auto",  # auto (cuda when present), cpu, cuda, cuda:N
-    "precision": "auto",  # auto: fp16 on cuda, fp32 on cpu
+    "precision": "auto",  # auto: float16 on cuda, float32 on cpu
     "resolution": 512,
     "steps": 24,
     "guidance_scale": 7.5,
     "negative_prompt": "",
     "batch_size": 1,  # images per pipeline call; >1 is faster on a GPU, equal up to float rounding
 }
+COMMON_CONSTRAINTS = {
+    "precision": [PRECISION],
+    "resolution": [Interval(int, 8, closed="left")],
+    "steps": [Interval(int, 1, closed="left")],
+    "guidance_scale": [Interval(float, 0, closed="left")],
+    "batch_size": [Interval(int, 1, closed="left")],
+}
+# And every fine-tuning augmenter.
+TRAINING_CONSTRAINTS = {
+    "learning_rate": [Interval(float, 0, closed="neither")],
+    "train_steps": [Interval(int, 0, closed="left")],
+    "steps_per_image": [Interval(int, 1, closed="left")],
+    "max_train_steps": [Interval(int, 1, closed="left")],
+    "train_batch_size": [Interval(int, 1, closed="left")],
+    "memory_savers": [Options(SWITCHES)],
+}
 
 
 def check_common(name: str, p: dict) -> None:
+    """What ``COMMON_CONSTRAINTS`` cannot say."""
+    owner = f"augmenter {name!r}"
     if not p["model"].strip():
-        raise ConfigError(f"The 'model' parameter of augmenter {name!r} is empty; give a Hugging Face Hub id "
-                          f"(default {DEFAULT_MODEL!r}) or a local diffusers folder.")
+        raise param_error(owner, "model", "a Hugging Face Hub id or a local diffusers folder", p["model"],
+                          f"The default is {DEFAULT_MODEL!r}.")
     device = p["device"]
     if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):
-        raise ConfigError(f"The 'device' parameter of augmenter {name!r} must be auto, cpu, cuda or cuda:N. "
-                          f"Got {device!r} instead.")
-    if p["precision"] not in PRECISIONS:
-        raise ConfigError(f"The 'precision' parameter of augmenter {name!r} must be one of "
-                          f"{', '.join(PRECISIONS)}. Got {p['precision']!r} instead.")
-    check_range(name, "resolution", p["resolution"], 8)
+        raise param_error(owner, "device", "auto, cpu, cuda or cuda:N", device)
     if p["resolution"] % 8:
-        raise ConfigError(f"The 'resolution' parameter of augmenter {name!r} must be a multiple of 8 (the VAE "
-                          f"downsamples by 8). Got {p['resolution']} instead.")
-    check_range(name, "steps", p["steps"], 1)
-    check_range(name, "guidance_scale", p["guidance_scale"], 0)
-    check_range(name, "batch_size", p["batch_size"], 1)
+        raise param_error(owner, "resolution", "a multiple of 8 (the VAE downsamples by 8)", p["resolution"])
 
 
 def check_training(name: str, p: dict) -> None:
-    """The parameters every fine-tuning augmenter shares."""
-    check_range(name, "learning_rate", p["learning_rate"], 0, low_open=True)
-    check_range(name, "train_steps", p["train_steps"], 0)
-    check_range(name, "steps_per_image", p["steps_per_image"], 1)
-    check_range(name, "max_train_steps", p["max_train_steps"], 1)
-    check_range(name, "train_batch_size", p["train_batch_size"], 1)
-    check_choice(name, "memory_savers", p["memory_savers"], SWITCHES)
+    """What ``TRAINING_CONSTRAINTS`` cannot say."""
     check_sampler(name, p["sampler"])
-
-
-def check_choice(name: str, key: str, value: str, choices: Sequence[str]) -> None:
-    if value not in choices:
-        raise ConfigError(f"The {key!r} parameter of augmenter {name!r} must be one of {', '.join(choices)}. "
-                          f"Got {value!r} instead.")
 
 
 def check_template(name: str, key: str, template: str, fields: Sequence[str]) -> None:
@@ -221,24 +221,26 @@ def pick_device(param: str) -> str:
 
 
 def inference_dtype(device: str, precision: str):
+    """The torch dtype for a checked ``precision`` (one of ``PRECISIONS``, named as torch names them)."""
     import torch
 
     if precision == "auto":
         return torch.float16 if device.startswith("cuda") else torch.float32
-    if device == "cpu" and precision == "fp16":
-        raise ConfigError("precision fp16 is not supported on the CPU (many kernels are missing); use fp32 or bf16.")
-    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+    if device == "cpu" and precision == "float16":
+        raise ConfigError("precision float16 is not supported on the CPU (many kernels are missing); use float32 "
+                          "or bfloat16.")
+    return getattr(torch, precision)
 
 
 def training_precision(device: str, precision: str):
     """(autocast dtype or None, needs a gradient scaler). Trained weights always stay float32."""
     import torch
 
-    if not device.startswith("cuda") or precision == "fp32":
+    if not device.startswith("cuda") or precision == "float32":
         return None, False
     if precision == "auto":
-        precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return (torch.bfloat16, False) if precision == "bf16" else (torch.float16, True)
+        precision = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    return (torch.bfloat16, False) if precision == "bfloat16" else (torch.float16, True)
 
 
 _cpu_warned: set[str] = set()

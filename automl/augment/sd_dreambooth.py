@@ -26,13 +26,14 @@ from typing import Sequence
 
 import numpy as np
 
-from automl.augment.base import check_range, register
-from automl.augment.sd_common import (COMMON, REQUIRES, SDAugmenter, check_choice, check_common, check_training,
-                                      check_template, class_noun, fill, generate_images, image_seed, quiet_loading,
-                                      release, sample_items, warn_cpu, inference_dtype)
+from automl.augment.base import register
+from automl.augment.sd_common import (COMMON, COMMON_CONSTRAINTS, REQUIRES, TRAINING_CONSTRAINTS, SDAugmenter,
+                                      check_common, check_training, check_template, class_noun, fill, generate_images,
+                                      image_seed, quiet_loading, release, sample_items, warn_cpu, inference_dtype)
 from automl.augment.sd_train import (auto_steps, class_images, generation_pipeline, is_done, load_components,
                                      save_atomic, short_hash, train as train_model)
 from automl.errors import ConfigError
+from automl.params import Interval, Options
 
 # Rare tokens with little meaning to CLIP (the DreamBooth paper's "sks" first); one per class in multi-class mode.
 IDENTIFIERS = ["sks", "zwx", "qrb", "vjl", "kxp", "ymt", "dfw", "hqz"]
@@ -69,6 +70,10 @@ class SDDreamBooth(SDAugmenter):
     name = "sd-dreambooth"
     summary = "Stable Diffusion DreamBooth: fine-tune on each chosen class (or all at once), then generate"
     defaults = {**COMMON, **_TRAINING}
+    constraints = {**COMMON_CONSTRAINTS, **TRAINING_CONSTRAINTS, "mode": [Options(MODES)],
+                   "num_class_images": [Interval(int, 1, closed="left")],
+                   "prior_loss_weight": [Interval(float, 0, closed="left")],
+                   "prior_steps": [Interval(int, 1, closed="left")]}
     fit_params = _FIT
     requires = REQUIRES
     lora = False
@@ -77,7 +82,6 @@ class SDDreamBooth(SDAugmenter):
     def check(self) -> None:
         p = self.params
         check_common(self.name, p)
-        check_choice(self.name, "mode", p["mode"], MODES)
         if not p["identifiers"] or not all(isinstance(t, str) and t.strip() and " " not in t.strip()
                                            for t in p["identifiers"]):
             raise ConfigError(f"The 'identifiers' parameter of augmenter {self.name!r} must be a non-empty list of "
@@ -88,9 +92,6 @@ class SDDreamBooth(SDAugmenter):
             raise ConfigError(f"The 'instance_prompt' parameter of augmenter {self.name!r} must contain {{token}} (the "
                               f"rare identifier the fine-tune binds to the class). Got {p['instance_prompt']!r}.")
         check_template(self.name, "class_prompt", p["class_prompt"], ["class"])
-        check_range(self.name, "num_class_images", p["num_class_images"], 1)
-        check_range(self.name, "prior_loss_weight", p["prior_loss_weight"], 0)
-        check_range(self.name, "prior_steps", p["prior_steps"], 1)
         check_training(self.name, p)
 
     # ------------------------------------------------------------ fit
@@ -218,12 +219,9 @@ class SDLoRA(SDDreamBooth):
     name = "sd-lora"
     summary = "Stable Diffusion DreamBooth with LoRA adapters (SD 1.x/2.x, SDXL): small, fast fine-tunes"
     defaults = {**SDDreamBooth.defaults, "learning_rate": 1e-4, "rank": 4}
+    constraints = {**SDDreamBooth.constraints, "rank": [Interval(int, 1, closed="left")]}
     fit_params = (*_FIT, "rank")
     requires = (*REQUIRES, "peft")
-
-    def check(self) -> None:
-        super().check()
-        check_range(self.name, "rank", self.params["rank"], 1)
 
     def prepare(self, parts: dict) -> None:
         from peft import inject_adapter_in_model

@@ -11,10 +11,11 @@ from typing import Sequence
 
 import numpy as np
 
-from automl.augment.base import check_range, register
-from automl.augment.sd_common import (COMMON, REQUIRES, SDAugmenter, check_common, check_template, class_noun,
-                                      generate_images, inference_dtype, load_pipeline, release, warn_cpu)
+from automl.augment.base import register
+from automl.augment.sd_common import (COMMON, COMMON_CONSTRAINTS, REQUIRES, SDAugmenter, check_common, check_template,
+                                      class_noun, generate_images, inference_dtype, load_pipeline, release, warn_cpu)
 from automl.errors import ConfigError
+from automl.params import Interval
 
 
 @register
@@ -22,6 +23,7 @@ class SDImg2Img(SDAugmenter):
     name = "sd-img2img"
     summary = "Stable Diffusion img2img: each training image re-noised (strength) and denoised under its class prompt"
     defaults = {**COMMON, "strength": 0.1, "prompt": "an image of a {class}"}
+    constraints = {**COMMON_CONSTRAINTS, "strength": [Interval(float, 0, 1, closed="right")]}
     fit_params = ()
     uses_sources = True
     requires = REQUIRES
@@ -29,7 +31,6 @@ class SDImg2Img(SDAugmenter):
     def check(self) -> None:
         p = self.params
         check_common(self.name, p)
-        check_range(self.name, "strength", p["strength"], 0, 1, low_open=True)
         if int(p["steps"] * p["strength"]) < 1:
             raise ConfigError(f"augmenter {self.name!r}: strength {p['strength']} x steps {p['steps']} runs no "
                               f"denoising step (int(steps x strength) must be >= 1). Fix: raise steps to at least "

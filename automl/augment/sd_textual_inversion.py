@@ -17,9 +17,9 @@ import numpy as np
 
 from automl import seeds
 from automl.augment.base import register
-from automl.augment.sd_common import (COMMON, REQUIRES, SDAugmenter, check_common, check_training, check_template,
-                                      class_noun, fill, generate_images, image_seed, is_sdxl, release, sample_items,
-                                      warn_cpu)
+from automl.augment.sd_common import (COMMON, COMMON_CONSTRAINTS, REQUIRES, TRAINING_CONSTRAINTS, SDAugmenter,
+                                      check_common, check_training, check_template, class_noun, fill, generate_images,
+                                      image_seed, is_sdxl, release, sample_items, warn_cpu)
 from automl.augment.sd_train import (auto_steps, generation_pipeline, is_done, load_components, save_atomic,
                                      short_hash, train as train_model)
 from automl.errors import ConfigError
@@ -46,6 +46,7 @@ class SDTextualInversion(SDAugmenter):
         "sampler": "all",
         "memory_savers": "auto",
     }
+    constraints = {**COMMON_CONSTRAINTS, **TRAINING_CONSTRAINTS}
     fit_params = ("model", "precision", "resolution", "placeholder", "initializer", "training_prompts",
                   "learning_rate", "train_steps", "steps_per_image", "max_train_steps", "train_batch_size", "sampler",
                   "memory_savers")

@@ -22,7 +22,8 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 
 from automl._imports import require
-from automl.heads._base import SEED, Head, Interval, Layers
+from automl.heads._base import SEED, Head, register
+from automl.params import Interval
 
 _WIDTH_RANGE = (64, 512)
 _L2_RANGE = (1e-5, 1e-1)
@@ -31,6 +32,17 @@ _DROPOUT_RANGE = (0.0, 0.5)
 _BATCH_SIZES = [32, 64, 128]
 
 
+class _Layers:
+    """The ``hidden_layers`` constraint: widths, a tuple or list of ints >= 1 (empty: no hidden layer)."""
+
+    def accepts(self, value) -> bool:
+        return isinstance(value, (tuple, list)) and all(Interval(int, 1).accepts(v) for v in value)
+
+    def describe(self) -> str:
+        return "a tuple or list of ints >= 1"
+
+
+@register
 class FFNNHead(Head):
     """A multilayer perceptron: ``hidden_layers`` ReLU layers, a softmax over the classes.
 
@@ -42,7 +54,7 @@ class FFNNHead(Head):
 
     name = "ffnn"
     _constraints: ClassVar[dict] = {
-        "hidden_layers": [Layers()],
+        "hidden_layers": [_Layers()],
         "l2": [Interval(float, 0)],
         "learning_rate": [Interval(float, 0, closed="neither")],
         "batch_size": [Interval(int, 1)],

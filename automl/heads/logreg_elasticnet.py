@@ -14,11 +14,13 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.multiclass import OneVsRestClassifier
 
-from automl.heads._base import SEED, Head, Interval, Options
+from automl.heads._base import SEED, Head, register
+from automl.params import Interval, Options
 
 _C_RANGE = (1e-2, 1e2)
 
 
+@register
 class LogRegElasticNetHead(Head):
     """Elastic-net logistic regression on standardised features.
 

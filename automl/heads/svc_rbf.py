@@ -20,7 +20,8 @@ from sklearn.calibration import CalibratedClassifierCV
 from sklearn.model_selection import StratifiedKFold
 from sklearn.svm import SVC
 
-from automl.heads._base import SEED, Head, Interval, Options
+from automl.heads._base import SEED, Head, register
+from automl.params import Interval, Options
 
 _C_RANGE = (1e-1, 1e3)
 # "scale" is 1/n_features on standardised data: 5e-4 to 6.5e-4 for 1536-2048-dim embeddings. Above
@@ -28,6 +29,7 @@ _C_RANGE = (1e-1, 1e3)
 _GAMMA_RANGE = (1e-5, 2e-3)
 
 
+@register
 class SvcRbfHead(Head):
     """RBF SVC on standardised features; ``predict`` is the argmax of the calibrated ``predict_proba``.
 
@@ -38,7 +40,7 @@ class SvcRbfHead(Head):
     name = "svc-rbf"
     _constraints: ClassVar[dict] = {
         "C": [Interval(float, 0, closed="neither")],
-        "gamma": [Options(("scale", "auto")), Interval(float, 0, closed="neither")],
+        "gamma": [Options(("auto", "scale")), Interval(float, 0, closed="neither")],
         "tol": [Interval(float, 0, closed="neither")],
         "max_iter": [Interval(int, 1)],
         "cv": [Interval(int, 2)],
