@@ -150,3 +150,11 @@ def content_digest(path: Path) -> str:
     for f in sorted(p for p in path.rglob("*") if p.is_file()):
         h.update(str(f.relative_to(path)).encode() + b"\0" + file_digest(f).encode())
     return h.hexdigest()
+
+
+DEFAULT_STORE = "store"
+
+
+def store_root(path: str | os.PathLike | None = None) -> Path:
+    """Where the store is: ``path`` (``--store``), else ``$AUTOML_STORE``, else ``./store``."""
+    return Path(path or os.environ.get("AUTOML_STORE") or DEFAULT_STORE).expanduser()

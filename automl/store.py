@@ -21,16 +21,11 @@ import json
 import os
 from pathlib import Path
 
-from automl._files import atomic_write_text
+from automl._files import atomic_write_text, store_root
 from automl.cache import EmbeddingCache
 from automl.errors import StoreError
 
 STORE_VERSION = 1
-DEFAULT_ROOT = "store"
-
-
-def store_root(path: str | os.PathLike | None = None) -> Path:
-    return Path(path or os.environ.get("AUTOML_STORE") or DEFAULT_ROOT).expanduser()
 
 
 class Store:

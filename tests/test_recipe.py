@@ -383,3 +383,56 @@ def test_import_is_light():
             "'sklearn', 'automl.extractors.file_models', 'automl.heads') if m in sys.modules]; print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# --- messages come from the fields' own declarations ---------------------------------------------
+
+
+@pytest.mark.parametrize("key", list(Recipe.model_fields))
+def test_every_key_words_what_it_accepts_and_has_a_valid_example(key):
+    from automl.recipe.explain import example, expected
+
+    field = Recipe.model_fields[key]
+    assert expected(field) != "a valid value"
+    Recipe.model_validate({"data": "d", key: example(field)}, context={})  # the fix it suggests is valid
+
+
+def test_expected_words_are_derived_from_constraints():
+    from typing import Literal, Optional
+
+    from pydantic import BaseModel, Field, ValidationError
+
+    from automl.recipe.explain import explain, expected
+
+    class Toy(BaseModel):
+        model_config = {"extra": "forbid", "strict": True}
+        folds: int = Field(3, ge=3)
+        share: float = Field(0.5, gt=0, le=1)
+        budget: Optional[float] = Field(None, gt=0, examples=[60], description="Seconds (null: forever).")
+        mode: Literal["fast", "slow"] = "fast"
+        tags: list[str] = Field(default_factory=list, min_length=1, examples=[["a"]])
+
+    fields = Toy.model_fields
+    assert expected(fields["folds"]) == "an integer >= 3"
+    assert expected(fields["share"]) == "a number > 0 and <= 1"
+    assert expected(fields["budget"]) == "a number > 0, or null (forever)"
+    assert expected(fields["mode"]) == "one of fast, slow"
+    assert expected(fields["tags"]) == "a non-empty list, each a string"
+    with pytest.raises(ValidationError) as info:
+        Toy(folds=1, budget=-1, colour=2)
+    lines = explain(info.value, fields)
+    assert lines[0] == "folds: expected an integer >= 3; found 1 (an integer). Fix: write e.g. `folds: 3`."
+    assert "budget: expected a number > 0, or null (forever); found -1" in lines[1] and "`budget: 60`" in lines[1]
+    assert lines[2].startswith("colour: unknown key. Valid keys: folds, share, budget, mode, tags.")
+
+
+def test_unknown_key_in_an_augment_variant_lists_the_variants_keys(tmp_path):
+    message = error_for(tmp_path, "data: d\naugment:\n  type: conventional\n  ratoi: 2\n")
+    assert "augment[0].ratoi: unknown key. Did you mean 'ratio'?" in message
+    assert "Valid keys: type, ratio, classes" in message
+
+
+def test_the_recipe_package_imports_no_orchestration():
+    from test_layers import graph
+
+    assert not graph()["recipe"] & {"pipeline", "search", "store", "runs", "pretrain", "api"}
