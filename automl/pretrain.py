@@ -45,6 +45,7 @@ from automl import seeds
 from automl._files import atomic_path, atomic_write_text, content_digest, remove_stale_temporaries
 from automl.data import Dataset, Item, fingerprint_array, load_dataset, stratified_holdout
 from automl.errors import ConfigError, DataError
+from automl.params import Interval, Options, check_param
 from automl.extractors import DEFAULT_IMAGE_SIZE, EXTRACTORS, Backbone, Weights, dtype_policy, import_keras
 from automl.extractors.pretrained import NAME
 from automl.registry import canonical
@@ -119,16 +120,8 @@ def pretrain(
     backbone = EXTRACTORS.get(extractor)
     backbone.check_image_size(image_size)
     weights = Weights.parse(weights)
-    _check_range("epochs", epochs, 1)
-    _check_range("patience", patience, 1)
-    if batch_size is not None:
-        _check_range("batch size", batch_size, 2)
-    if learning_rate is not None and not (isinstance(learning_rate, (int, float)) and 0 < learning_rate < 1):
-        raise ConfigError(f"learning rate must be a number in (0, 1); got {learning_rate!r}.")
-    if not 0 < val_fraction < 1:
-        raise ConfigError(f"val fraction must be in (0, 1); got {val_fraction!r}.")
-    if exclude_mode not in EXCLUDE_MODES:
-        raise ConfigError(f"exclude mode must be one of {', '.join(EXCLUDE_MODES)}; got {exclude_mode!r}.")
+    _check_settings(epochs=epochs, patience=patience, batch_size=batch_size, learning_rate=learning_rate,
+                    val_fraction=val_fraction, exclude_mode=exclude_mode)
     for other in exclude:
         if not Path(other).exists():
             raise DataError(f"--exclude {other}: not found. Pass the dataset (folder or .npz) whose test split the "
@@ -199,9 +192,20 @@ def default_batch_size(image_size: int) -> int:
     return int(max(8, min(32, round(16 * (299 / image_size) ** 2))))
 
 
-def _check_range(what: str, value, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ConfigError(f"{what} must be an integer >= {minimum}; got {value!r}.")
+# Each setting's accepted values; errors name the CLI flag (--batch-size for batch_size).
+_SETTINGS = {
+    "epochs": [Interval(int, 1, closed="left")],
+    "patience": [Interval(int, 1, closed="left")],
+    "batch_size": [Interval(int, 2, closed="left"), None],
+    "learning_rate": [Interval(float, 0, 1, closed="neither"), None],
+    "val_fraction": [Interval(float, 0, 1, closed="neither")],
+    "exclude_mode": [Options(EXCLUDE_MODES)],
+}
+
+
+def _check_settings(**values) -> None:
+    for name, accepted in _SETTINGS.items():
+        check_param("automl pretrain", "--" + name.replace("_", "-"), values[name], *accepted)
 
 
 def _check_name(name: str, root: Store, overwrite: bool) -> str:

@@ -41,9 +41,9 @@ def _store_files(store):
     (("--exclude", "nowhere.npz"), "--exclude nowhere.npz: not found"),
     (("--name", "xception"), "is a built-in extractor"),
     (("--name", "bad/name"), "a pretrained extractor's name is letters"),
-    (("--epochs", "0"), "epochs must be an integer >= 1"),
-    (("--exclude-mode", "ignore"), "exclude mode must be one of drop, refuse"),
-    (("--val-fraction", "1.5"), "val fraction must be in (0, 1)"),
+    (("--epochs", "0"), "'--epochs' parameter of automl pretrain must be an int in the range [1, inf)"),
+    (("--exclude-mode", "ignore"), "'--exclude-mode' parameter of automl pretrain must be a str among {'drop', 'refuse'}"),
+    (("--val-fraction", "1.5"), "'--val-fraction' parameter of automl pretrain must be a float in the range (0, 1)"),
 ])
 def test_bad_inputs_fail_before_anything_is_written(data, tmp_path, capsys, args, message):
     store = tmp_path / "store"
