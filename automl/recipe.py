@@ -198,9 +198,8 @@ class Recipe(BaseModel):
     heads: Annotated[list[HeadName], BeforeValidator(_split_list), _no_duplicates("head")] = Field(
         default=list(DEFAULT_HEADS), min_length=1,
         description="Classifier heads to search over (a list, or one comma-separated string).")
-    metric: Annotated[Literal["macro-f1", "accuracy", "balanced-accuracy", "roc-auc"],
-                      BeforeValidator(_canonical_metric)] = Field(
-        "macro-f1", description="What the search maximises on the cross-validation folds.")
+    metric: Annotated[Literal[METRICS], BeforeValidator(_canonical_metric)] = Field(
+        METRICS[0], description="What the search maximises on the cross-validation folds.")
     trials: Optional[int] = Field(30, ge=1, description="Optuna trials (null: until the timeout).")
     timeout: Optional[float] = Field(None, gt=0, description="Search time budget in seconds (null: no limit).")
     cv: int = Field(5, ge=2, description="Cross-validation folds on the train split.")
@@ -365,7 +364,7 @@ _EXPECTED: dict[str, tuple[str, str]] = {
     "precision": ("one of auto, float32, bfloat16, float16", "auto"),
     "batch_size": ("an integer >= 1, or null (from the image size)", "null"),
     "heads": ("a non-empty list of head names (or one comma-separated string)", "[ffnn]"),
-    "metric": ("one of " + ", ".join(METRICS), "macro-f1"),
+    "metric": ("one of " + ", ".join(METRICS), METRICS[0]),
     "trials": ("an integer >= 1, or null (until the timeout)", "30"),
     "timeout": ("a number of seconds > 0, or null (no time limit)", "3600"),
     "cv": ("an integer >= 2 (cross-validation folds)", "5"),
