@@ -129,14 +129,15 @@ def embed(
     from automl.data import load_dataset
     from automl.pipeline import embed_dataset
     from automl.pretrain import resolve_extractor_names
-    from automl.report import dataset_warnings, embed_table, skipped_files_text
+    from automl.report import embed_table, leak_note, skipped_files_text
     from automl.store import Store
 
     names = resolve_extractor_names(_split_names(extractors), store)  # pretrained names -> their files
     dataset = load_dataset(data, skip_bad=skip_bad)
-    warnings = dataset_warnings(dataset)  # test images also in train, undecodable files left out
-    if warnings:
-        typer.echo(warnings, err=True)
+    if leak := leak_note(dataset):
+        typer.echo(f"warning: {leak}", err=True)
+    if dataset.bad_files:
+        typer.echo(skipped_files_text(dataset.bad_files), err=True)
     results = embed_dataset(
         dataset, Store(store), names, weights=weights, image_size=image_size,
         precision=precision, seed=seed, batch_size=batch_size, skip_bad=skip_bad, progress=progress)
@@ -241,12 +242,7 @@ def fit(
 ) -> None:
     """Search extractors x heads by CV on the training split, evaluate the test split once, save the run;
     with --augment, also the original-data baseline, side by side."""
-    flags = dict(data=data, extractors=_split_names(extractors), heads=_split_names(heads), trials=trials,
-                 timeout=timeout, metric=metric, cv=cv, weights=weights, image_size=image_size, precision=precision,
-                 batch_size=batch_size, seed=seed, test_fraction=test_fraction, store=store, storage=storage,
-                 skip_bad=skip_bad, name=name)
-    resolved = _resolve_recipe(recipe, data, flags, augment, ratio, classes, mix, real_fraction, augment_param)
-    _fit(resolved, progress)
+    _fit(_resolve_recipe(dict(locals())), progress)
 
 
 @app.command()
@@ -276,12 +272,9 @@ def compare(
     progress: Progress = True,
 ) -> None:
     """Does augmentation help? Fit the baseline and each variant over N seeds; medians, intervals, paired tests."""
+    resolved = _resolve_recipe(dict(locals()))
     from automl.compare import compare as run_compare
 
-    flags = dict(data=data, extractors=_split_names(extractors), heads=_split_names(heads), trials=trials,
-                 timeout=timeout, metric=metric, cv=cv, weights=weights, image_size=image_size, seed=seed,
-                 store=store, name=name, repeats=repeats)
-    resolved = _resolve_recipe(recipe, data, flags, augment, ratio, classes, mix, real_fraction, augment_param)
     result = run_compare(resolved, progress=progress)
     typer.echo(result.text)
     typer.echo(f"\nsaved comparison {result.id} in {result.folder} (comparison.json: every run id, value and test)")
@@ -296,16 +289,21 @@ def augmenters() -> None:
     typer.echo(augmenters_text(AUGMENTERS))
 
 
-def _resolve_recipe(recipe: Optional[Path], data: Optional[str], flags: dict, augment, ratio, classes, mix,
-                    real_fraction, augment_param):
-    """The recipe file (if any) with the flags given on top; the augment flags build its variants."""
-    from automl.recipe import Recipe, load_recipe
+def _resolve_recipe(flags: dict) -> Recipe:
+    """The recipe file (if any) with the flags given on top. ``flags``: a command's parameters by name
+    (its ``locals()`` on entry): ``recipe`` (the file), ``progress``, the augment flags (they build the
+    variants), and every other one a recipe key, None where not given."""
+    from automl.recipe import load_recipe
 
+    flags = dict(flags)
+    recipe, data = flags.pop("recipe"), flags["data"]
+    flags.pop("progress")
+    plan = [flags.pop(key) for key in ("augment", "ratio", "classes", "mix", "real_fraction", "augment_param")]
     base = load_recipe(recipe) if recipe is not None else None
     if base is None and data is None:
         raise typer.BadParameter("give DATA or --recipe FILE", param_hint="DATA")
-    flags["augment"] = _augment_flags(base.augment if base else None, augment, ratio, classes, mix, real_fraction,
-                                      augment_param)
+    flags["extractors"], flags["heads"] = _split_names(flags["extractors"]), _split_names(flags["heads"])
+    flags["augment"] = _augment_flags(base.augment if base else None, *plan)
     return base.with_overrides(**flags) if base is not None else Recipe.from_flags(**flags)
 
 

@@ -99,16 +99,22 @@ def dataset_text(s: dict) -> str:
     return "\n".join(out)
 
 
-def dataset_warnings(ds) -> str | None:
-    """Test images that also sit in train/val, and the files left out as undecodable; None if neither."""
-    lines = []
-    leaks = ds.leaks()
-    if leaks:
-        lines.append(f"warning: {len(leaks)} test image(s) also appear in train/val (identical content), e.g. "
-                     f"{leaks[0][1].path} == {leaks[0][0].path}; run `automl inspect` for the list.")
+def dataset_notes(ds) -> list[str]:
+    """What a fit warns about a loaded dataset: test images that also sit in train/val, and the
+    undecodable files left out (the first five named)."""
+    notes = [leak] if (leak := leak_note(ds)) else []
     if ds.bad_files:
-        lines.append(skipped_files_text(ds.bad_files))
-    return "\n".join(lines) or None
+        notes.append(f"skipped {len(ds.bad_files)} undecodable file(s): " + ", ".join(b.path for b in ds.bad_files[:5]))
+    return notes
+
+
+def leak_note(ds) -> str | None:
+    """Test images that also sit in train/val (identical content), if any."""
+    leaks = ds.leaks()
+    if not leaks:
+        return None
+    return (f"{len(leaks)} test image(s) also appear in train/val (identical content), e.g. "
+            f"{leaks[0][1].path} == {leaks[0][0].path}; run `automl inspect` for the list.")
 
 
 def skipped_files_text(bad_files: Iterable) -> str:
