@@ -44,7 +44,7 @@ def _default(field: str, model=Recipe) -> str:
 # --- options many commands take, each declared once ------------------------------------------------
 # A command gives the default: a recipe override's is None (keep the recipe's value, or its default).
 
-Store = Annotated[Optional[Path], typer.Option(help=STORE_HELP, envvar="AUTOML_STORE")]
+StoreDir = Annotated[Optional[Path], typer.Option(help=STORE_HELP, envvar="AUTOML_STORE")]
 Progress = Annotated[bool, typer.Option(help="Show progress bars.")]
 SkipBad = Annotated[bool, typer.Option("--skip-bad", help="Leave out undecodable files and list them.")]
 BatchSize = Annotated[Optional[int], typer.Option(help="Images per model call (default: from the image size).")]
@@ -120,7 +120,7 @@ def embed(
     precision: Annotated[str, typer.Option(
         help="auto (fastest the hardware supports: bfloat16 on AMX/AVX-512-BF16 CPUs, float16 on GPUs, else "
         "float32), float32, bfloat16 or float16.")] = "auto",
-    store: Store = None,
+    store: StoreDir = None,
     seed: Annotated[int, typer.Option(help="Seed for random weights (--weights none).")] = 0,
     skip_bad: SkipBad = False,
     progress: Progress = True,
@@ -175,7 +175,7 @@ def pretrain(
         help="Peak learning rate of the cosine schedule (default: 1e-3 from random weights, else 1e-4).")] = None,
     val_fraction: Annotated[float, typer.Option(
         help="Validation share of train when the data has no val split.")] = 0.1,
-    store: Store = None,
+    store: StoreDir = None,
     seed: Annotated[int, typer.Option(
         help="Seed of the validation split, the weights, augmentation and shuffling.")] = 0,
     skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Leave out undecodable files.")] = False,
@@ -365,7 +365,7 @@ def predict(
     run: RunRef,
     images: Annotated[List[Path], typer.Argument(help="Image files and/or folders (searched recursively).")],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per line.")] = False,
-    store: Store = None,
+    store: StoreDir = None,
     skip_bad: SkipBad = False,
     batch_size: BatchSize = None,
     progress: Progress = True,
@@ -387,7 +387,7 @@ def predict(
 
 
 @app.command()
-def runs(store: Store = None) -> None:
+def runs(store: StoreDir = None) -> None:
     """List the runs in the store, oldest first."""
     from automl.report import runs_table
     from automl.runs import list_runs
@@ -399,7 +399,7 @@ def runs(store: Store = None) -> None:
 
 
 @app.command()
-def show(run: RunRef, store: Store = None) -> None:
+def show(run: RunRef, store: StoreDir = None) -> None:
     """Everything about one run: data, split, search, best pipeline, test metrics."""
     from automl.report import run_text
     from automl.runs import find_run
