@@ -21,16 +21,11 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from automl.evaluate import COMPARED, metric_by_key, metric_by_name
 from automl.seeds import rng as stream_rng
 
 ALPHA = 0.05
 BOOTSTRAP = 10_000
-# (column label, key of a run's "test" record)
-METRIC_COLUMNS = (("accuracy", "accuracy"), ("precision", "precision_macro"), ("recall", "recall_macro"),
-                  ("F1", "f1_macro"), ("AUROC", "auroc"))
-# The recipe's search metric -> the test metric its verdict reads.
-VERDICT_METRIC = {"macro-f1": "f1_macro", "accuracy": "accuracy", "balanced-accuracy": "balanced_accuracy",
-                  "roc-auc": "auroc"}
 
 
 @dataclass
@@ -46,6 +41,7 @@ def compare(recipe, *, progress: bool = True) -> Comparison:
     return the comparison."""
     from automl.errors import ConfigError
     from automl.pipeline import fit_variants
+    from automl.report import comparison_text
     from automl.runs import new_run_id, write_run
     from automl.store import Store
 
@@ -68,11 +64,11 @@ def compare(recipe, *, progress: bool = True) -> Comparison:
             runs[label].append({"run": result.run_id, "test": result.record["test"],
                                 "best": result.record["best"]["pipeline"]})
     bar.close()
-    record = summarize(runs, labels, VERDICT_METRIC[recipe.metric], seed=recipe.seed)
+    record = summarize(runs, labels, metric_by_name(recipe.metric).key, seed=recipe.seed)
     record.update({"data": recipe.data, "metric": recipe.metric, "repeats": recipe.repeats, "seeds": seeds,
                    "seconds": round(time.perf_counter() - t0, 1),
                    "recipe": recipe.model_dump(mode="json")})
-    text = render(record)
+    text = comparison_text(record)
     store = Store(recipe.store)
     store.ensure()
     cid = new_run_id()
@@ -87,7 +83,7 @@ def compare(recipe, *, progress: bool = True) -> Comparison:
 def summarize(runs: dict[str, list[dict]], labels: list[str], verdict_key: str, *, seed: int = 0) -> dict:
     """Per variant and metric: median and a 95 % bootstrap interval of the median; per variant vs the
     baseline: paired differences, their mean's bootstrap interval, Wilcoxon p, and the verdict."""
-    keys = [key for _, key in METRIC_COLUMNS]
+    keys = [metric_by_name(name).key for name in COMPARED]
     if verdict_key not in keys:
         keys.append(verdict_key)
     rng = stream_rng(seed, "bootstrap")
@@ -106,7 +102,8 @@ def summarize(runs: dict[str, list[dict]], labels: list[str], verdict_key: str, 
             for key in keys:
                 diff = np.array([_num(r["test"][key]) - _num(b["test"][key]) for r, b in zip(rows, base)])
                 entry["paired"][key] = paired_test(diff, rng)
-            entry["verdict"] = verdict(entry["paired"][verdict_key])
+            entry["verdict"] = verdict(entry["paired"][verdict_key],
+                                       higher_is_better=metric_by_key(verdict_key).higher_is_better)
         table[label] = entry
     return {"variants": labels, "verdict_metric": verdict_key, "table": table,
             "min_p": min_wilcoxon_p(len(base))}
@@ -140,15 +137,14 @@ def paired_test(diff: np.ndarray, rng) -> dict:
     return out
 
 
-def verdict(paired: dict, alpha: float = ALPHA) -> str:
+def verdict(paired: dict, alpha: float = ALPHA, *, higher_is_better: bool = True) -> str:
+    """Of the paired differences variant - baseline of one metric."""
     lo, hi = paired["interval"]
     p = paired["p"]
     if p is None or lo is None:
         return "undefined (metric missing)"
-    if p < alpha and lo > 0:
-        return "helps"
-    if p < alpha and hi < 0:
-        return "hurts"
+    if p < alpha and (lo > 0 or hi < 0):
+        return "helps" if (lo > 0) == higher_is_better else "hurts"
     if min_wilcoxon_p(paired["n"]) >= alpha:
         return f"no significant difference ({paired['n']} repeats cannot reach p < {alpha:g}; use >= 6)"
     return "no significant difference"
@@ -157,48 +153,6 @@ def verdict(paired: dict, alpha: float = ALPHA) -> str:
 def min_wilcoxon_p(n: int) -> float:
     """The smallest two-sided exact Wilcoxon signed-rank p-value with n non-zero pairs."""
     return 1.0 if n == 0 else min(1.0, 2.0 / 2 ** n)
-
-
-def render(record: dict) -> str:
-    from automl.report import table
-
-    labels = record["variants"]
-    head = ["variant"] + [name for name, _ in METRIC_COLUMNS]
-    rows = []
-    for label in labels:
-        metrics = record["table"][label]["metrics"]
-        rows.append([label] + [_median_cell(metrics[key]) for _, key in METRIC_COLUMNS])
-    lines = [f"test split, {record['repeats']} repeat(s) (seeds {', '.join(map(str, record['seeds']))}): "
-             "median [95 % bootstrap interval of the median]", table(head, rows), ""]
-    key = record["verdict_metric"]
-    vhead = ["variant vs original"] + [f"Δ {name}" for name, _ in METRIC_COLUMNS] + [f"p ({_label(key)})", "verdict"]
-    vrows = []
-    for label in labels[1:]:
-        entry = record["table"][label]
-        p = entry["paired"][key]["p"]
-        vrows.append([label] + [_diff_cell(entry["paired"][k]) for _, k in METRIC_COLUMNS]
-                     + ["n/a" if p is None else f"{p:.3g}", entry["verdict"]])
-    lines += ["paired difference vs original over the same seeds: mean [95 % bootstrap interval]; "
-              f"Wilcoxon signed-rank, two-sided; verdict on test {_label(key)}", table(vhead, vrows)]
-    return "\n".join(lines)
-
-
-def _label(key: str) -> str:
-    return {k: name for name, k in METRIC_COLUMNS}.get(key, key)
-
-
-def _median_cell(m: dict) -> str:
-    if m["median"] is None:
-        return "n/a"
-    lo, hi = m["interval"]
-    return f"{m['median']:.3f} [{lo:.3f}, {hi:.3f}]"
-
-
-def _diff_cell(p: dict) -> str:
-    if p["mean"] is None:
-        return "n/a"
-    lo, hi = p["interval"]
-    return f"{p['mean']:+.3f} [{lo:+.3f}, {hi:+.3f}]"
 
 
 def _num(value) -> float:

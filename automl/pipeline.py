@@ -25,6 +25,7 @@ from automl.data import Dataset
 from automl.embed import EmbedResult, embed_items
 from automl.errors import AutomlError, ConfigError
 from automl.extractors import DEFAULT_IMAGE_SIZE, EXTRACTORS, Weights, build_extractor, resolve
+from automl.report import dataset_notes
 from automl.runs import BestPipeline, ModelBundle, RunRecord, new_run_id, write_run
 from automl.store import Store
 
@@ -368,18 +369,6 @@ def _json_default(v):
     if isinstance(v, float) and math.isnan(v):
         return None
     raise TypeError(f"not JSON serialisable: {type(v).__name__}")
-
-
-def dataset_notes(dataset: Dataset) -> list[str]:
-    notes = []
-    leaks = dataset.leaks()
-    if leaks:
-        notes.append(f"{len(leaks)} test image(s) also appear in train/val (identical content), e.g. "
-                     f"{leaks[0][1].path} == {leaks[0][0].path}; run `automl inspect` for the list.")
-    if dataset.bad_files:
-        notes.append(f"skipped {len(dataset.bad_files)} undecodable file(s): "
-                     + ", ".join(b.path for b in dataset.bad_files[:5]))
-    return notes
 
 
 def library_versions() -> dict:

@@ -17,7 +17,7 @@ from typing import Mapping, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from automl.evaluate import full_proba, score
+from automl.evaluate import full_proba, metric_by_name
 from automl.seeds import derive
 
 # The published study's fixed setups, enqueued so the user sees what the search adds to them.
@@ -140,6 +140,7 @@ def run_search(
     from automl.heads import HEADS
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    objective_metric = metric_by_name(metric)
     extractors = list(features)
     heads = list(heads)
     folds = cv_splits(y, cv, derive(seed if cv_seed is None else cv_seed, "folds"), groups, synthetic=synthetic)
@@ -150,7 +151,7 @@ def run_search(
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         sampler = optuna.samplers.TPESampler(seed=derive(seed, "search"), multivariate=True, group=True)
     study = optuna.create_study(
-        storage=storage, study_name=name, load_if_exists=True, direction="maximize", sampler=sampler,
+        storage=storage, study_name=name, load_if_exists=True, direction=objective_metric.direction, sampler=sampler,
         pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1),
     )
     for extractor, head, label in REFERENCE_SETUPS:
@@ -165,7 +166,7 @@ def run_search(
         for step, (tr, va) in enumerate(folds):
             model = candidate.build(seed)
             model.fit(X[tr], y[tr])
-            scores.append(score(metric, y[va], full_proba(model, X[va], n_classes)))
+            scores.append(objective_metric(y[va], full_proba(model, X[va], n_classes)))
             trial.report(float(np.nanmean(scores)), step)
             if trial.should_prune():
                 raise optuna.TrialPruned()
@@ -244,7 +245,7 @@ def leaderboard(study, top: int = 10) -> list[dict]:
     import optuna
 
     done = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
-    done.sort(key=lambda t: t.value, reverse=True)
+    done.sort(key=lambda t: t.value, reverse=study.direction == optuna.study.StudyDirection.MAXIMIZE)
     rows = []
     for rank, t in enumerate(done, 1):
         ref = t.user_attrs.get("reference")

@@ -85,9 +85,8 @@ class Recipe(BaseModel):
     heads: Annotated[list[HeadName], CommaList, no_duplicates("head")] = Field(
         default=list(DEFAULT_HEADS), min_length=1, examples=[["ffnn"]],
         description="Classifier heads to search over (a list, or one comma-separated string).")
-    metric: Annotated[Literal["macro-f1", "accuracy", "balanced-accuracy", "roc-auc"],
-                      BeforeValidator(_canonical_metric)] = Field(
-        "macro-f1", description="What the search maximises on the cross-validation folds.")
+    metric: Annotated[Literal[METRICS], BeforeValidator(_canonical_metric)] = Field(
+        METRICS[0], description="What the search maximises on the cross-validation folds.")
     trials: Optional[int] = Field(30, ge=1, description="Optuna trials (null: until the timeout).")
     timeout: Optional[float] = Field(None, gt=0, examples=[3600],
                                      description="Search time budget in seconds (null: no limit).")
