@@ -271,9 +271,9 @@ def compare(
 ) -> None:
     """Does augmentation help? Fit the baseline and each variant over N seeds; medians, intervals, paired tests."""
     resolved = _resolve_recipe(dict(locals()))
-    from automl.compare import compare as run_compare
+    from automl.api import compare as run_compare
 
-    result = run_compare(resolved, progress=progress)
+    result = run_compare(recipe=resolved, progress=progress)
     typer.echo(result.text)
     typer.echo(f"\nsaved comparison {result.id} in {result.folder} (comparison.json: every run id, value and test)")
 
@@ -369,12 +369,11 @@ def predict(
     progress: Progress = True,
 ) -> None:
     """Class and probabilities for each image, with a saved run's extractor and head."""
-    from automl.pipeline import predict as run_predict
+    from automl.api import load_run
     from automl.report import predict_table
-    from automl.store import Store
 
-    rows, bad = run_predict(run, [str(p) for p in images], Store(store), skip_bad=skip_bad, batch_size=batch_size,
-                            progress=progress)
+    rows, bad = load_run(run, store=store).predict_with_skipped(images, skip_bad=skip_bad, batch_size=batch_size,
+                                                                progress=progress)
     if as_json:
         for row in rows:
             typer.echo(json.dumps(row))
@@ -399,24 +398,20 @@ def runs(store: StoreDir = None) -> None:
 @app.command()
 def show(run: RunRef, store: StoreDir = None) -> None:
     """Everything about one run: data, split, search, best pipeline, test metrics."""
+    from automl.api import load_run
     from automl.report import run_text
-    from automl.runs import find_run
-    from automl.store import Store
 
-    folder = find_run(Store(store).runs_dir, run)
-    record, test_report, board = (json.loads((folder / f).read_text())
-                                  for f in ("run.json", "metrics.json", "leaderboard.json"))
-    typer.echo(run_text(record, test_report, board, folder))
+    typer.echo(run_text(load_run(run, store=store)))
 
 
 def _fit(recipe, progress: bool) -> None:
-    from automl.pipeline import fit as run_fit
+    from automl.api import fit as run_fit
     from automl.report import fit_text
 
-    result = run_fit(recipe, progress=progress)
-    for note in result.notes:
+    run = run_fit(recipe=recipe, progress=progress)
+    for note in run.notes:
         typer.echo(f"warning: {note}", err=True)
-    typer.echo(fit_text(result, json.loads((result.run_dir / "metrics.json").read_text())))
+    typer.echo(fit_text(run))
 
 
 @app.command("demo-data")

@@ -1,8 +1,8 @@
 """Every rendering of the project's results: plain-text tables for the terminal, aligned, no colours,
 safe to paste into an issue.
 
-One function per view; each takes records or results (dicts as the store saves them, or the library's
-result objects) and returns text, so the CLI only echoes it and an HTML report can be built on the same
+One function per view; each takes the library's typed records and results (a ``RunRecord``, an
+``automl.api.Run``, an ``EmbedResult``, a comparison's record) and returns text, so the CLI only echoes it and an HTML report can be built on the same
 views. Metric names, keys and labels come from the one table in ``automl.evaluate``.
 """
 
@@ -158,40 +158,39 @@ def predict_table(rows: Sequence[Mapping]) -> str:
 # --- runs --------------------------------------------------------------------------------------------
 
 
-def fit_text(result, test_report: dict) -> str:
+def fit_text(run) -> str:
     """``automl fit``: the embeddings, the run (``run_text``), and with augmentation the original-data
-    run beside it (``side_by_side``); ``result`` is a ``pipeline.FitResult``, ``test_report`` its
-    metrics.json."""
-    rows = [(r.key.extractor, r.images, r.cache_hits, r.computed, r.images_per_s) for r in result.embeddings]
+    run beside it (``side_by_side``); ``run`` is the ``automl.api.Run`` that ``automl.fit`` returns."""
+    rows = [(r.key.extractor, r.images, r.cache_hits, r.computed, r.images_per_s) for r in run.embeddings]
     lines = ["embeddings (the last row: the test split, with the chosen extractor only)",
-             table(["extractor", "images", "cache hits", "computed", "images/s"], rows), "",
-             run_text(result.record, test_report, result.leaderboard, result.run_dir)]
-    if result.baseline is not None:
-        lines += ["", side_by_side(result.baseline.record, result.record), "",
-                  f"saved runs {result.baseline.run_id} (original data) and {result.run_id} (augmented): "
+             table(["extractor", "images", "cache hits", "computed", "images/s"], rows), "", run_text(run)]
+    if run.baseline is not None:
+        lines += ["", side_by_side(run.baseline.record, run.record), "",
+                  f"saved runs {run.baseline.id} (original data) and {run.id} (augmented): "
                   "`automl show RUN`, `automl predict RUN IMAGES...`"]
     else:
-        lines += ["", f"saved run {result.run_id}: `automl show {result.run_id}`, "
-                  f"`automl predict {result.run_id} IMAGES...`"]
+        lines += ["", f"saved run {run.id}: `automl show {run.id}`, `automl predict {run.id} IMAGES...`"]
     return "\n".join(lines)
 
 
-def run_text(record: dict, test_report: dict, leaderboard: Sequence[dict], folder: Path) -> str:
+def run_text(run) -> str:
     """Everything about one run (``automl show``): data, split, search, leaderboard, best pipeline and
-    its one evaluation on the test split; from run.json, metrics.json and leaderboard.json."""
-    metric = record["metric"]
-    trials = ", ".join(f"{n} {state}" for state, n in sorted(record["trials"].items()))
+    its one evaluation on the test split; ``run`` is an ``automl.api.Run`` (its record, metrics and
+    leaderboard)."""
+    record, test_report = run.record, run.metrics
+    metric = record.metric
+    trials = ", ".join(f"{n} {state}" for state, n in sorted(record.trials.items()))
     lines = [
-        f"run {record['id']}" + (f" ({record['name']})" if record.get("name") else "") + f"  {folder}",
-        f"data   {record['data']} ({record['layout']}); classes {', '.join(record['classes'])}",
-        f"split  {record['split']}; " + ", ".join(f"{s} {sum(c.values())}" for s, c in record["counts"].items()),
-        f"search {trials}; {record['cv']}-fold CV {metric} on the training split; study {record['study']['name']}",
+        f"run {record.id}" + (f" ({record.name})" if record.name else "") + f"  {run.folder}",
+        f"data   {record.data} ({record.layout}); classes {', '.join(record.classes)}",
+        f"split  {record.split}; " + ", ".join(f"{s} {sum(c.values())}" for s, c in record.counts.items()),
+        f"search {trials}; {record.cv}-fold CV {metric} on the training split; study {record.study['name']}",
         *_augment_lines(record),
         "",
         table(["rank", f"cv {metric}", "pipeline", "reference"],
-              [[r["rank"], round(r["cv"], 4), r["pipeline"], r["reference"] or ""] for r in leaderboard]),
+              [[r["rank"], round(r["cv"], 4), r["pipeline"], r["reference"] or ""] for r in run.leaderboard]),
         "",
-        f"best: {record['best']['pipeline']}",
+        f"best: {record.best.pipeline}",
         f"test split ({test_report['n']} images, evaluated once):",
         table(["metric", "value"], [[m.label, _rounded(test_report[m.key])] for m in map(metric_by_name, HEADLINE)]),
         "",
@@ -203,41 +202,41 @@ def run_text(record: dict, test_report: dict, leaderboard: Sequence[dict], folde
     return "\n".join(lines)
 
 
-def side_by_side(baseline: dict, augmented: dict) -> str:
-    """The original-data run and the augmented run on the same test split, and each difference."""
-    aug = augmented["augment"]
+def side_by_side(baseline, augmented) -> str:
+    """The original-data run and the augmented run (``RunRecord``s) on the same test split, and each difference."""
+    aug = augmented.augment
     rows = []
     for m in map(metric_by_name, HEADLINE):
-        a, b = baseline["test"][m.key], augmented["test"][m.key]
+        a, b = baseline.test[m.key], augmented.test[m.key]
         diff = None if a is None or b is None else round(b - a, 4)
         rows.append([m.label, _rounded(a), _rounded(b), diff if diff is None or diff <= 0 else f"+{diff}"])
     lines = [
         f"augmentation {aug['variant']}: {_synthetic_counts(aug)} synthetic ({aug['generated']} generated now, "
-        f"{aug['reused']} reused from {aug['folder']}); trained on {augmented['train_images']['fitted_on']} images "
+        f"{aug['reused']} reused from {aug['folder']}); trained on {augmented.train_images['fitted_on']} images "
         f"({aug['mix']}, real fraction {aug['real_fraction']:g})",
-        f"test split ({augmented['test']['n']} images), one seed ({augmented['seed']}): for intervals and a "
+        f"test split ({augmented.test['n']} images), one seed ({augmented.seed}): for intervals and a "
         "significance test over seeds, run `automl compare` with --repeats",
         table(["metric", "original", "augmented", "difference"], rows),
-        f"best pipelines: original {baseline['best']['pipeline']}; augmented {augmented['best']['pipeline']}",
+        f"best pipelines: original {baseline.best.pipeline}; augmented {augmented.best.pipeline}",
     ]
     return "\n".join(lines)
 
 
-def runs_table(records: Sequence[dict]) -> str:
-    """``automl runs``: one line per run record (run.json), in the order given."""
+def runs_table(records: Sequence) -> str:
+    """``automl runs``: one line per run record (``RunRecord``), in the order given."""
     return table(
         ["run", "name", "data", "augment", "best pipeline", "cv"] + [header for header, _ in RUNS_METRICS],
-        [[r["id"], r.get("name") or "", _short_path(r["data"]), (r.get("augment") or {}).get("variant", ""),
-          f"{r['best']['extractor']} + {r['best']['head']}", round(r["best"]["cv_score"], 4)]
-         + [_rounded(r["test"][metric_by_name(name).key]) for _, name in RUNS_METRICS] for r in records])
+        [[r.id, r.name or "", _short_path(r.data), (r.augment or {}).get("variant", ""),
+          f"{r.best.extractor} + {r.best.head}", round(r.best.cv_score, 4)]
+         + [_rounded(r.test[metric_by_name(name).key]) for _, name in RUNS_METRICS] for r in records])
 
 
-def _augment_lines(record: dict) -> list[str]:
-    aug = record.get("augment")
+def _augment_lines(record) -> list[str]:
+    aug = record.augment
     if not aug:
         return []
     return [f"augment {aug['variant']} ({aug['mix']}): {_synthetic_counts(aug)} synthetic images in "
-            f"{aug['folder']}; baseline run {record.get('baseline_run')}"]
+            f"{aug['folder']}; baseline run {record.baseline_run}"]
 
 
 def _synthetic_counts(aug: dict) -> str:

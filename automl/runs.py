@@ -36,16 +36,12 @@ def _refuse_existing_run(folder: Path) -> bool:
                      "if that folder was copied in by hand, move it away.")
 
 
-def list_runs(runs_dir: Path) -> list[dict]:
+def list_runs(runs_dir: Path) -> list["RunRecord"]:
+    """Every run's record, oldest first (ids sort by time)."""
     if not runs_dir.is_dir():
         return []
-    runs = []
-    for folder in sorted(runs_dir.iterdir()):
-        record = folder / "run.json"
-        if folder.name.startswith(".") or not record.is_file():
-            continue
-        runs.append(json.loads(record.read_text()))
-    return runs
+    return [RunRecord.read(folder) for folder in sorted(runs_dir.iterdir())
+            if not folder.name.startswith(".") and (folder / "run.json").is_file()]
 
 
 def find_run(runs_dir: Path, ref: str) -> Path:
@@ -53,7 +49,7 @@ def find_run(runs_dir: Path, ref: str) -> Path:
     path = Path(ref)
     if (path / "run.json").is_file():
         return path
-    ids = [r["id"] for r in list_runs(runs_dir)]
+    ids = [r.id for r in list_runs(runs_dir)]
     matches = [i for i in ids if i.startswith(ref)]
     if len(matches) == 1:
         return runs_dir / matches[0]

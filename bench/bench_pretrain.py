@@ -47,15 +47,13 @@ MOBILENET = ROOT.parent / "shared" / "models" / "mobilenet-v1-embedding" / \
     "mobilenet_v1_1.0_224_quant_embedding_extractor.tflite"
 
 
-def fit_metrics(recipe_kwargs: dict) -> tuple[dict, dict, float]:
-    from automl.pipeline import fit
-    from automl.recipe import Recipe
+def fit_metrics(recipe_kwargs: dict) -> tuple[dict, object, float]:
+    import automl
 
     t0 = time.perf_counter()
-    result = fit(Recipe.from_flags(**recipe_kwargs), progress=False)
+    run = automl.fit(**recipe_kwargs)
     seconds = time.perf_counter() - t0
-    report = json.loads((result.run_dir / "metrics.json").read_text())
-    return report, result.record["best"], seconds
+    return run.metrics, run.record.best, seconds
 
 
 def throughput(name: str, images: np.ndarray, repeats: int, batch: int) -> list[float]:
@@ -119,7 +117,7 @@ def main() -> None:
 
     print("\nBreastMNIST test split (156 images), each evaluated once:")
     print(table(["extractor", "px", "best head (CV)", "AUROC", "accuracy", "macro F1", "fit s"],
-                [[label, px, f"{b['head']} ({b['cv_score']:.3f})", round(r["auroc"], 3), round(r["accuracy"], 3),
+                [[label, px, f"{b.head} ({b.cv_score:.3f})", round(r["auroc"], 3), round(r["accuracy"], 3),
                   round(r["f1_macro"], 3), round(s)] for label, px, r, b, s in rows]
                 + [[f"MedMNIST v2: {n}", "", "", auc, acc, None, None] for n, auc, acc in MEDMNIST]))
     rec = result.record

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import fakes  # noqa: F401  (registers the test augmenters)
-from automl.compare import min_wilcoxon_p, paired_test, summarize, verdict
+from automl.comparison import min_wilcoxon_p, paired_test, summarize, verdict
 from conftest import class_folders, run_cli
 
 

@@ -137,7 +137,7 @@ def test_the_test_split_never_reaches_the_search(tmp_path, monkeypatch, shared):
     X = seen["features"]["xception"]
     for row in test_rows.values():
         assert not np.any(np.all(np.isclose(X, row, rtol=0, atol=0), axis=1))
-    assert result.record["test"]["n"] == len(dataset.split("test"))
+    assert result.record.test["n"] == len(dataset.split("test"))
 
 
 def test_killed_fit_resumes_its_study(tmp_path, shared):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from automl.compare import summarize, verdict
+from automl.comparison import summarize, verdict
+from automl.runs import BestPipeline, RunRecord
 from automl.evaluate import (COMPARED, HEADLINE, METRIC_TABLE, METRICS, evaluation_report, metric_by_key,
                              metric_by_name, score)
 from automl.errors import ConfigError
@@ -56,11 +57,11 @@ def test_comparison_text_columns_and_verdict_label_come_from_the_table():
     assert "verdict on test balanced accuracy" in text and "p (balanced accuracy)" in text
 
 
-def _record(run_id: str, value: float, augment: dict | None = None) -> dict:
-    return {"id": run_id, "name": None, "data": "/data/" + "x" * 60, "augment": augment, "seed": 0,
-            "best": {"extractor": "xception", "head": "ffnn", "pipeline": "xception + ffnn", "cv_score": value},
-            "train_images": {"fitted_on": 12},
-            "test": {"n": 4, **{m.key: value for m in METRIC_TABLE}, "auroc": None}}
+def _record(run_id: str, value: float, augment: dict | None = None) -> RunRecord:
+    return RunRecord(id=run_id, created="", data="/data/" + "x" * 60, layout="class-folders", classes=["a", "b"],
+                     counts={}, split="given", metric="macro-f1", cv=5, augment=augment, seed=0,
+                     best=BestPipeline("xception + ffnn", "xception", "ffnn", {}, value, 0),
+                     train_images={"fitted_on": 12}, test={"n": 4, **{m.key: value for m in METRIC_TABLE}, "auroc": None})
 
 
 def test_side_by_side_and_runs_table():

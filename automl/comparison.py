@@ -61,8 +61,8 @@ def compare(recipe, *, progress: bool = True) -> Comparison:
         bar.set_postfix_str(f"seed {seed}")
         results = fit_variants(recipe.model_copy(update={"seed": seed}), variants, progress=progress)
         for label, result in zip(labels, results):
-            runs[label].append({"run": result.run_id, "test": result.record["test"],
-                                "best": result.record["best"]["pipeline"]})
+            runs[label].append({"run": result.run_id, "test": result.record.test,
+                                "best": result.record.best.pipeline})
     bar.close()
     record = summarize(runs, labels, metric_by_name(recipe.metric).key, seed=recipe.seed)
     record.update({"data": recipe.data, "metric": recipe.metric, "repeats": recipe.repeats, "seeds": seeds,
