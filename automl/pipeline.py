@@ -135,7 +135,7 @@ def _fit_one(recipe, dataset: Dataset, store: Store, spec, notes: list[str], pro
              baseline_id: str | None = None) -> FitResult:
     """One run, as named stages: augment (train split only), embed, search, refit, evaluate, save."""
     extractors = Extractors.resolve(recipe.extractors, store, weights=recipe.weights, image_size=recipe.image_size,
-                              precision=recipe.precision, seed=recipe.seed)
+                                    precision=recipe.precision, seed=recipe.seed)
     train, synthetic = _augment_stage(recipe, dataset, store, spec, progress)
     data = _embed_stage(train, synthetic, extractors, store, recipe, progress)
     study, storage = _search_stage(data, extractors, store, recipe, progress)
@@ -252,8 +252,8 @@ def _evaluate_stage(head, candidate, dataset: Dataset, extractors: Extractors, s
     return Evaluation(embedded, items, proba, report)
 
 
-def _run_record(recipe, dataset: Dataset, data: SearchData, study, storage: str, best, candidate, extractors: Extractors,
-                evaluation: Evaluation, baseline_id: str | None) -> RunRecord:
+def _run_record(recipe, dataset: Dataset, data: SearchData, study, storage: str, best, candidate,
+                extractors: Extractors, evaluation: Evaluation, baseline_id: str | None) -> RunRecord:
     from automl.search import leaderboard
 
     return RunRecord(
@@ -272,8 +272,8 @@ def _run_record(recipe, dataset: Dataset, data: SearchData, study, storage: str,
         versions=library_versions())
 
 
-def _save_stage(record: RunRecord, recipe, dataset: Dataset, data: SearchData, head, candidate, extractors: Extractors,
-                evaluation: Evaluation, study, store: Store) -> Path:
+def _save_stage(record: RunRecord, recipe, dataset: Dataset, data: SearchData, head, candidate,
+                extractors: Extractors, evaluation: Evaluation, study, store: Store) -> Path:
     """The run folder, written all or nothing: record, recipe, split, metrics, leaderboard, predictions, model."""
     from automl.recipe import recipe_to_yaml
 
@@ -395,7 +395,8 @@ def predict(run_dir: Path, paths: Sequence[str], store: Store, *, skip_bad: bool
     bundle = ModelBundle.load(Path(run_dir) / "model.joblib")
     key = bundle.extractor_key()
     items, bad = load_images(list(paths), skip_bad=skip_bad)
-    result = embed_items(items, key, store.embedding_cache, bundle.build_extractor, batch_size=batch_size, skip_bad=skip_bad, progress=progress)
+    result = embed_items(items, key, store.embedding_cache, bundle.build_extractor, batch_size=batch_size,
+                         skip_bad=skip_bad, progress=progress)
     proba = full_proba(bundle.head, result.embeddings, len(bundle.classes)) if result.kept else np.zeros((0, 0))
     rows = []
     for i, p in zip(result.kept, proba):

@@ -2,8 +2,9 @@
 safe to paste into an issue.
 
 One function per view; each takes the library's typed records and results (a ``RunRecord``, an
-``automl.api.Run``, an ``EmbedResult``, a comparison's record) and returns text, so the CLI only echoes it and an HTML report can be built on the same
-views. Metric names, keys and labels come from the one table in ``automl.evaluate``.
+``automl.api.Run``, an ``EmbedResult``, a comparison's record) and returns text, so the CLI only echoes
+it and an HTML report can be built on the same views. Metric names, keys and labels come from the one
+table in ``automl.evaluate``.
 """
 
 from __future__ import annotations

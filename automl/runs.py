@@ -118,7 +118,8 @@ class RunRecord:
         try:
             return cls.from_dict(json.loads(path.read_text()))
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise StoreError(f"cannot read the run record {path}: {exc}. Remove that run folder or restore it.") from exc
+            raise StoreError(f"cannot read the run record {path}: {exc}. Remove that run folder or restore it.") \
+                from exc
 
 
 @dataclass
