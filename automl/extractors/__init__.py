@@ -20,9 +20,6 @@ from automl.extractors.pretrained import pretrained_names, pretrained_path
 from automl.extractors.resolution import UnknownExtractorError, build_extractor, extractor_key, resolve
 from automl.extractors.spec import DEFAULT_IMAGE_SIZE, Extractor, ExtractorSpec, import_keras
 from automl.extractors.weights import Weights
-from automl.registry import discover
-
-discover("automl.extractors.backbones")
 
 # The smallest side any backbone accepts (each checks its own): what a recipe can check up front.
 MIN_IMAGE_SIZE = min(EXTRACTORS.get(name).min_size for name in EXTRACTORS)

@@ -115,7 +115,7 @@ class Backbone(ExtractorSpec):
             ) from exc
 
 
-EXTRACTORS: Registry[Backbone] = Registry("extractor")
+EXTRACTORS: Registry[Backbone] = Registry("extractor", package="automl.extractors.backbones")
 
 
 @contextlib.contextmanager

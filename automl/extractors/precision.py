@@ -15,8 +15,8 @@ import platform
 from pathlib import Path
 
 from automl.errors import ConfigError
+from automl.params import PRECISIONS  # one vocabulary for extractors and the Stable Diffusion augmenters
 
-PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 POLICY = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}  # Keras dtype policies
 
 
