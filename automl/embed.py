@@ -20,7 +20,10 @@ from automl.data import BadFile, Item
 from automl.errors import DataError
 from automl.extractors import Extractor, ExtractorKey
 
-FLUSH_EVERY = 256  # images per cache shard: the most a killed embed can lose
+# A shard is written every FLUSH_EVERY images or FLUSH_SECONDS, whichever comes first: the most a killed
+# embed loses. Small shards cost little (the cache merges them, automl.cache.COMPACT_AT).
+FLUSH_EVERY = 64
+FLUSH_SECONDS = 30.0
 
 
 def default_batch_size(image_size: int) -> int:
@@ -57,6 +60,7 @@ def embed_items(
     progress: bool = True,
     workers: int = 4,
     flush_every: int = FLUSH_EVERY,
+    flush_seconds: float = FLUSH_SECONDS,
 ) -> EmbedResult:
     """Embeddings for ``items``: cached rows are read, missing ones computed with ``build()``.
 
@@ -91,7 +95,7 @@ def embed_items(
             bar.set_description(f"embed {key.extractor} ({key.precision}, {size} px)")
             t0 = time.perf_counter()
             computed, bad = _compute(todo, extractor, cache, found, batch_size, skip_bad, bar, workers,
-                                     flush_every)
+                                     flush_every, flush_seconds)
             seconds = time.perf_counter() - t0
         finally:
             bar.close()
@@ -125,18 +129,22 @@ def _plan(items: Sequence[Item], found: dict) -> tuple[list[Item], int]:
 
 
 def _compute(todo: list[Item], extractor: Extractor, cache: EmbeddingCache, found: dict, batch_size: int,
-             skip_bad: bool, bar: tqdm, workers: int, flush_every: int) -> tuple[int, list[BadFile]]:
+             skip_bad: bool, bar: tqdm, workers: int, flush_every: int,
+             flush_seconds: float) -> tuple[int, list[BadFile]]:
     size = extractor.image_size
     bad: list[BadFile] = []
     pending_fps: list[str] = []
     pending_rows: list[np.ndarray] = []
     computed = 0
+    flushed = time.monotonic()
 
     def flush():
+        nonlocal flushed
         if pending_fps:
             cache.add(pending_fps, np.concatenate(pending_rows))
             pending_fps.clear()
             pending_rows.clear()
+        flushed = time.monotonic()
 
     def load(it: Item) -> np.ndarray | BadFile:
         try:
@@ -172,7 +180,7 @@ def _compute(todo: list[Item], extractor: Extractor, cache: EmbeddingCache, foun
                     pending_fps.extend(it.fingerprint for it, _ in ok)
                     pending_rows.append(rows)
                     computed += len(ok)
-                    if len(pending_fps) >= flush_every:
+                    if len(pending_fps) >= flush_every or time.monotonic() - flushed >= flush_seconds:
                         flush()
                 bar.update(len(batch_items))
     finally:

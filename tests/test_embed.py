@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -28,13 +29,15 @@ KEY = ExtractorKey("fake", "random:seed=0", 16, "float32", "none")
 class FakeModel:
     """Mean colour per image: cheap, deterministic, and tells images apart."""
 
-    def __init__(self, delay=0.0, interrupt_after=None):
-        self.delay, self.interrupt_after, self.batches = delay, interrupt_after, 0
+    def __init__(self, delay=0.0, interrupt_after=None, hang_after=None):
+        self.delay, self.interrupt_after, self.hang_after, self.batches = delay, interrupt_after, hang_after, 0
 
     def predict_on_batch(self, x):
         self.batches += 1
         if self.interrupt_after is not None and self.batches > self.interrupt_after:
             raise KeyboardInterrupt
+        if self.hang_after is not None and self.batches > self.hang_after:
+            time.sleep(600)  # stands still until killed
         time.sleep(self.delay)
         return x.mean(axis=(1, 2))
 
@@ -53,7 +56,7 @@ def expected(items):
 
 
 def _embed(items, store, counter, **kwargs):
-    build_kwargs = {k: kwargs.pop(k) for k in ("delay", "interrupt_after", "key") if k in kwargs}
+    build_kwargs = {k: kwargs.pop(k) for k in ("delay", "interrupt_after", "hang_after", "key") if k in kwargs}
     return embed_items(items, build_kwargs.get("key", KEY), store.embedding_cache,
                        fake_builder(counter, **build_kwargs), progress=False, **kwargs)
 
@@ -238,3 +241,168 @@ def test_temporaries_of_dead_writers_are_removed(tmp_path):
     cache.add(["1" * 32], np.zeros((1, 2)))
     assert not stale.exists() and live.exists()
     assert len(cache) == 2
+
+
+# --- a store that heals: damaged shards, the flush policy, compaction --------------------------------
+
+
+def _wrong_keys(path):
+    np.savez(path, fps=np.array(["0" * 32], dtype="S32"), embeddings=np.zeros((1, 3), np.float32))
+
+
+def _wrong_dtype(path):
+    np.savez(path, fingerprints=np.array(["0" * 32], dtype="S32"), embeddings=np.zeros((1, 3), np.float64))
+
+
+def _row_mismatch(path):
+    np.savez(path, fingerprints=np.array(["0" * 32] * 2, dtype="S32"), embeddings=np.zeros((1, 3), np.float32))
+
+
+def _wrong_dim(path):
+    # Readable on its own; only the other shards (3 dimensions, more rows) show it is wrong.
+    np.savez(path, fingerprints=np.array(["0" * 32], dtype="S32"), embeddings=np.zeros((1, 5), np.float32))
+
+
+def _lying_header(path):
+    # A header that claims a billion rows (the data holds one) must not make the reader allocate them.
+    import io
+    import zipfile
+
+    def member(array, shape):
+        buffer = io.BytesIO()
+        np.lib.format.write_array_header_1_0(buffer, {"descr": array.dtype.str, "fortran_order": False,
+                                                      "shape": shape})
+        return buffer.getvalue() + array.tobytes()
+
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("fingerprints.npy", member(np.array(["0" * 32], dtype="S32"), (1,)))
+        archive.writestr("embeddings.npy", member(np.zeros((1, 3), np.float32), (10**9, 3)))
+
+
+DAMAGE = {
+    "zero-byte": lambda p: p.write_bytes(b""),
+    "garbage": lambda p: p.write_bytes(b"garbage"),
+    "truncated": lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2]),
+    "flipped-byte": lambda p: p.write_bytes(p.read_bytes()[:150] + bytes([p.read_bytes()[150] ^ 0xFF])
+                                            + p.read_bytes()[151:]),
+    "npy-not-npz": lambda p: np.save(open(p, "wb"), np.zeros(3)),
+    "wrong-keys": _wrong_keys,
+    "wrong-dtype": _wrong_dtype,
+    "row-mismatch": _row_mismatch,
+    "lying-header": _lying_header,
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_damaged_shard_is_moved_aside_and_its_rows_recomputed(tmp_path, damage):
+    items = load_dataset(class_folders(tmp_path / "data", {"a": 3, "b": 3})).items
+    store = Store(tmp_path / "s")
+    _embed(items[:2], store, {})
+    _embed(items[2:], store, {})
+    cache = store.embedding_cache(KEY)
+    first, second = sorted(cache.folder.glob("shard-*.npz"), key=lambda p: p.stat().st_mtime_ns)
+    DAMAGE[damage](first)
+    with pytest.warns(UserWarning, match="ignoring unreadable embedding shard") as caught:
+        result = _embed(items, store, {})
+    message = " ".join(str(w.message) for w in caught)
+    assert str(first) in message and ".damaged" in message
+    assert (result.computed, result.cache_hits) == (2, 4)
+    np.testing.assert_allclose(result.embeddings, expected(items), rtol=1e-6)
+    assert not first.exists() and (cache.folder / ".damaged" / first.name).is_file()  # kept, out of the way
+    assert second.exists()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # healed: nothing left to warn about
+        assert len(cache) == 6
+        assert _embed(items, store, {}).cache_hits == 6
+
+
+def test_a_shard_of_another_dimension_is_moved_aside(tmp_path):
+    items = load_dataset(class_folders(tmp_path / "data", {"a": 3, "b": 3})).items
+    store = Store(tmp_path / "s")
+    _embed(items, store, {})
+    cache = store.embedding_cache(KEY)
+    odd = cache.folder / "shard-odd.npz"
+    _wrong_dim(odd)
+    with pytest.warns(UserWarning, match=r"shard-odd.npz.*5 dimensions.*have 3"):
+        found = cache.lookup(it.fingerprint for it in items)
+    assert len(found) == 6 and not odd.exists() and (cache.folder / ".damaged" / odd.name).exists()
+
+
+def test_len_skips_and_moves_a_damaged_shard(tmp_path):
+    cache = EmbeddingCache(tmp_path / "c", {"a": 1})
+    cache.add(["0" * 32, "1" * 32], np.zeros((2, 2)))
+    cache.add(["2" * 32], np.zeros((1, 2)))
+    broken = cache.shards()[0]
+    broken.write_bytes(b"PK\x03\x04 half a zip")
+    with pytest.warns(UserWarning, match=str(broken.name)):
+        assert len(cache) in (1, 2)
+    assert not broken.exists() and len(cache.shards()) == 1
+
+
+def test_a_damaged_shard_that_cannot_be_moved_is_skipped_all_the_same(tmp_path, monkeypatch):
+    cache = EmbeddingCache(tmp_path / "c", {"a": 1})
+    cache.add(["0" * 32], np.zeros((1, 2)))
+    cache.add(["1" * 32], np.ones((1, 2)))
+    broken = cache.shards()[0]
+    broken.write_bytes(b"garbage")
+
+    def read_only(src, dst):
+        raise PermissionError(13, "Permission denied", str(src))
+
+    monkeypatch.setattr("automl.cache.os.replace", read_only)  # a read-only store
+    with pytest.warns(UserWarning, match="could not move it aside.*Permission denied"):
+        assert len(cache.lookup(["0" * 32, "1" * 32])) == 1
+    assert broken.exists()
+
+
+def test_a_shard_every_flush_every_images_or_flush_seconds(tmp_path):
+    items = load_dataset(class_folders(tmp_path / "data", {"a": 5, "b": 5})).items
+    store = Store(tmp_path / "s")
+    _embed(items, store, {}, batch_size=2, flush_every=4)  # 4 + 4 + 2 (the rest, at the end)
+    assert sorted(len(np.load(s)["fingerprints"]) for s in store.embedding_cache(KEY).shards()) == [2, 4, 4]
+    other = Store(tmp_path / "t")
+    _embed(items, other, {}, batch_size=2, flush_every=100, flush_seconds=0)  # every batch is overdue
+    assert len(other.embedding_cache(KEY).shards()) == 5
+
+
+def test_many_small_shards_are_merged_into_one(tmp_path):
+    cache = EmbeddingCache(tmp_path / "c", {"a": 1}, compact_at=4)
+    rows = np.random.default_rng(0).normal(size=(6, 3)).astype(np.float32)
+    fps = [f"{i:032x}" for i in range(6)]
+    for i in range(4):
+        cache.add(fps[i:i + 1], rows[i:i + 1])
+    assert len(cache.shards()) == 4
+    cache.add(fps[3:6], rows[3:6])  # the fifth shard: over the limit; fps[3] is in two shards
+    merged, = cache.shards()
+    assert len(cache) == 6  # each fingerprint once
+    found = cache.lookup(fps)
+    np.testing.assert_array_equal(np.stack([found[fp] for fp in fps]), rows)
+    assert not list(cache.folder.glob(".tmp-*"))
+
+
+def test_default_flush_keeps_the_shards_of_a_killed_150_image_embed(tmp_path):
+    """The default policy writes a shard per 64 images: SIGKILL at 80 of 150 keeps the first 64."""
+    data = class_folders(tmp_path / "data", {"a": 75, "b": 75}, size=(8, 8))
+    store_dir = tmp_path / "store"
+    script = textwrap.dedent(f"""
+        import sys; sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / 'tests')!r}]
+        from test_embed import _embed
+        from automl.data import load_dataset
+        from automl.store import Store
+        # the warm-up call, then 10 batches of 8; the 11th stands still until the kill
+        _embed(load_dataset({str(data)!r}).items, Store({str(store_dir)!r}), {{}}, batch_size=8, hang_after=11)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT)
+    try:
+        deadline = time.time() + 60
+        while not list(store_dir.rglob("shard-*.npz")):
+            assert proc.poll() is None, "the embedding process ended before it could be killed"
+            assert time.time() < deadline, "no shard was written while 80 of 150 images were embedded"
+            time.sleep(0.02)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    items = load_dataset(data).items
+    resumed = _embed(items, Store(store_dir), {}, batch_size=16)
+    assert (resumed.cache_hits, resumed.computed) == (64, 86)
+    np.testing.assert_allclose(resumed.embeddings, expected(items), rtol=1e-6)
