@@ -404,6 +404,28 @@ def show(run: RunRef, store: StoreDir = None) -> None:
     typer.echo(run_text(load_run(run, store=store)))
 
 
+store_app = typer.Typer(help="Look after the store: check it, repair it.", no_args_is_help=True)
+app.add_typer(store_app, name="store")
+
+
+@store_app.command("check")
+def store_check(
+    repair: Annotated[bool, typer.Option(
+        "--repair", help="Move damaged shards and broken runs aside (never deleting them), remove temporaries of "
+        "dead processes, fail trials their process left RUNNING.")] = False,
+    store: StoreDir = None,
+) -> None:
+    """Verify shards, runs, generated images, temporaries and the study; exit 1 while a problem remains."""
+    from automl.report import store_check_text
+    from automl.store import Store
+    from automl.store_check import check_store
+
+    result = check_store(Store(store), repair=repair)
+    typer.echo(store_check_text(result))
+    if not result.ok:
+        raise typer.Exit(1)
+
+
 def _fit(recipe, progress: bool) -> None:
     from automl.api import fit as run_fit
     from automl.report import fit_text

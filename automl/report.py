@@ -232,6 +232,33 @@ def runs_table(records: Sequence) -> str:
          + [_rounded(r.test[metric_by_name(name).key]) for _, name in RUNS_METRICS] for r in records])
 
 
+def store_check_text(check) -> str:
+    """``automl store check``: one line per problem (its path, what is wrong, the fix or what --repair
+    did), the notes, and a summary (a ``StoreCheck``)."""
+    lines = []
+    for p in check.problems:
+        if p.repaired is not None:
+            lines.append(f"{p.path}: {p.what}: {p.repaired}")
+        elif p.repair_failed is not None:
+            lines.append(f"{p.path}: {p.what}: the repair failed ({p.repair_failed}); {p.fix}")
+        else:
+            lines.append(f"{p.path}: {p.what}. Fix: {p.fix}")
+    lines += [f"note: {n}" for n in check.notes]
+    looked = ", ".join(f"{n} {kind}" for kind, n in check.checked.items())
+    remaining = len(check.remaining)
+    repaired = len(check.problems) - remaining
+    if not check.problems:
+        verdict = "no problems"
+    elif not remaining:
+        verdict = f"{repaired} problem(s), all repaired"
+    else:
+        verdict = f"{remaining} problem(s) remain" + (f", {repaired} repaired" if repaired else "")
+        if not check.repair and any(p.repair for p in check.remaining):
+            verdict += "; `automl store check --repair` fixes what it can"
+    lines.append(f"store {check.root}: checked {looked}: {verdict}")
+    return "\n".join(lines)
+
+
 def _augment_lines(record) -> list[str]:
     aug = record.augment
     if not aug:
