@@ -33,9 +33,10 @@ FINGERPRINT_DTYPE = "S32"  # 128-bit blake2b digests as hex
 SHARD_GLOB = "shard-*.npz"
 MEMBERS = ("fingerprints.npy", "embeddings.npy")  # what np.savez writes for the two arrays
 DAMAGED = ".damaged"  # where unreadable shards go: out of every reader's way, kept for inspection
-# Compaction: once a folder holds more than COMPACT_AT shards smaller than COMPACT_BYTES, they are merged
-# into one. A merged shard that grows past COMPACT_BYTES is left alone from then on, so each row is
-# rewritten only a few times however large the cache grows.
+# Compaction: once a folder holds more than COMPACT_AT small shards (under half of COMPACT_BYTES), they
+# are merged in groups of about COMPACT_BYTES. A merged shard is no longer small and is left alone from then
+# on, so each row is rewritten only a few times however large the cache grows, and no shard grows past
+# 1.5 x COMPACT_BYTES.
 COMPACT_AT = 32
 COMPACT_BYTES = 16 << 20
 
@@ -233,34 +234,43 @@ class EmbeddingCache:
         if len(self._small_shards()) > self.compact_at:
             self.compact()
 
-    def compact(self) -> Path | None:
-        """Merge the small shards into one (each fingerprint once), written atomically before the
-        originals are removed: a reader in between sees some rows twice, never none. Returns the
-        merged shard, or None when there was nothing to merge."""
-        small = set(self._small_shards())
-        shards = [s for s in self._read(None, only=small) if s.path in small]
-        if len(shards) < 2:
-            return None
-        fps, rows, seen = [], [], set()
-        for shard in shards:
-            for fp, row in zip(shard.fingerprints, shard.embeddings):
-                if fp not in seen:
-                    seen.add(fp)
-                    fps.append(fp)
-                    rows.append(row)
-        merged = self._write_shard(np.array(fps, dtype=FINGERPRINT_DTYPE), np.stack(rows))
-        for shard in shards:
-            shard.path.unlink(missing_ok=True)
+    def compact(self) -> list[Path]:
+        """Merge the small shards, in groups of about COMPACT_BYTES (each fingerprint once per group), each
+        merged shard written atomically before its originals are removed: a reader in between sees some
+        rows twice, never none. Returns the merged shards."""
+        groups, group, size = [], [], 0
+        for shard, nbytes in self._small_shards():
+            group.append(shard)
+            size += nbytes
+            if size >= COMPACT_BYTES:  # merged, it is no longer small: left alone from now on
+                groups.append(group)
+                group, size = [], 0
+        groups.append(group)
+        merged = []
+        for group in (g for g in groups if len(g) > 1):
+            shards = [s for s in self._read(None, only=set(group)) if s.path in group]
+            fps, rows, seen = [], [], set()
+            for shard in shards:
+                for fp, row in zip(shard.fingerprints, shard.embeddings):
+                    if fp not in seen:
+                        seen.add(fp)
+                        fps.append(fp)
+                        rows.append(row)
+            if len(shards) > 1:
+                merged.append(self._write_shard(np.array(fps, dtype=FINGERPRINT_DTYPE), np.stack(rows)))
+                for shard in shards:
+                    shard.path.unlink(missing_ok=True)
         return merged
 
-    def _small_shards(self) -> list[Path]:
+    def _small_shards(self) -> list[tuple[Path, int]]:
         out = []
         for shard in self.shards():
             try:
-                if shard.stat().st_size < COMPACT_BYTES:
-                    out.append(shard)
+                size = shard.stat().st_size
             except FileNotFoundError:
-                pass
+                continue
+            if size < COMPACT_BYTES // 2:
+                out.append((shard, size))
         return out
 
     def _write_shard(self, fingerprints: np.ndarray, embeddings: np.ndarray) -> Path:

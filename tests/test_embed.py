@@ -406,3 +406,18 @@ def test_default_flush_keeps_the_shards_of_a_killed_150_image_embed(tmp_path):
     resumed = _embed(items, Store(store_dir), {}, batch_size=16)
     assert (resumed.cache_hits, resumed.computed) == (64, 86)
     np.testing.assert_allclose(resumed.embeddings, expected(items), rtol=1e-6)
+
+
+def test_compaction_merges_in_bounded_groups(tmp_path, monkeypatch):
+    cache = EmbeddingCache(tmp_path / "c", {"a": 1}, compact_at=10**6)
+    rows = np.random.default_rng(1).normal(size=(9, 1024)).astype(np.float32)
+    fps = [f"{i:032x}" for i in range(9)]
+    for i in range(9):
+        cache.add(fps[i:i + 1], rows[i:i + 1])
+    one = cache.shards()[0].stat().st_size
+    monkeypatch.setattr("automl.cache.COMPACT_BYTES", 3 * one)  # a group closes at three shards' bytes
+    merged = cache.compact()
+    assert len(merged) == 3 and sorted(cache.shards()) == sorted(merged)
+    assert cache.compact() == []  # merged shards are no longer small
+    found = cache.lookup(fps)
+    np.testing.assert_array_equal(np.stack([found[fp] for fp in fps]), rows)
