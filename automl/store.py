@@ -4,7 +4,7 @@ Layout (created lazily; see docs/store.md)::
 
     store/
       store.json                  format version
-      embeddings/<extractor-key>/ key.json + shard-*.npz   (automl.cache)
+      embeddings/<extractor-key>/ key.json + shard-*.npz   (automl.cache; unreadable shards: .damaged/)
       runs/<run-id>/              recipe, split, metrics, model bundle       (automl fit)
       comparisons/<id>/           comparison.json + table.txt                 (automl compare)
       optuna.db                   Optuna studies (SQLite)                     (automl fit)
@@ -12,7 +12,8 @@ Layout (created lazily; see docs/store.md)::
       generators/<key>/           fine-tuned generators and adapters          (sd-*)
       extractors/<name>.keras     pretrained extractors                       (automl pretrain)
 
-Root: ``--store DIR``, else ``$AUTOML_STORE``, else ``./store``.
+Root: ``--store DIR``, else ``$AUTOML_STORE``, else ``./store``. ``automl store check`` verifies it
+(``automl.store_check``).
 """
 
 from __future__ import annotations
