@@ -232,7 +232,8 @@ def _generated_image(rec_path: Path) -> tuple[Path, str | None]:
         image = rec_path.parent / record["file"]
         expected = record["fingerprint"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        return rec_path.with_suffix(".png"), f"the generated image's record cannot be read ({type(exc).__name__}: {exc})"
+        return rec_path.with_suffix(".png"), \
+            f"the generated image's record cannot be read ({type(exc).__name__}: {exc})"
     if image.parent != rec_path.parent:
         return rec_path.with_suffix(".png"), f"the record names {record['file']!r}, outside its class folder"
     if not image.is_file():

@@ -133,18 +133,19 @@ def test_every_planted_problem_is_named_then_repaired(clean_store, capsys):
     assert code == 0, out + err
     assert "all repaired" in out
     for path in planted:
-        assert any(line.startswith(f"{path}: ") and ("moved to" in line or "removed" in line) for line in out.splitlines()), \
-            (path, out)
+        assert any(line.startswith(f"{path}: ") and ("moved to" in line or "removed" in line)
+                   for line in out.splitlines()), (path, out)
     # Set aside, not deleted: each where the report said.
     assert (cache.folder / ".damaged" / garbage.name).read_bytes() == b"garbage"
     assert (cache.folder / ".damaged" / "shard-odd.npz").exists()
     assert (store.embeddings_dir / ".damaged" / "renamed-by-hand" / "key.json").exists()
     assert (store.runs_dir / ".broken" / bad_json.name / "run.json").read_text() == "{not json"
-    assert (store.runs_dir / ".broken" / no_model.name).is_dir() and (store.runs_dir / ".broken" / wrong_id.name).is_dir()
+    assert (store.runs_dir / ".broken" / no_model.name).is_dir()
+    assert (store.runs_dir / ".broken" / wrong_id.name).is_dir()
     assert (changed.parent.parent / ".damaged" / "0" / changed.name).read_bytes() == b"other bytes"
     assert not stale_run.exists() and not stale_shard.exists() and live.exists()
-    state = sqlite3.connect(root / "optuna.db").execute("SELECT state FROM trials WHERE number = ?", (trial,)).fetchone()
-    assert state == ("FAIL",)
+    with sqlite3.connect(root / "optuna.db") as con:
+        assert con.execute("SELECT state FROM trials WHERE number = ?", (trial,)).fetchone() == ("FAIL",)
 
     code, out, err = run_cli(capsys, "store", "check", "--store", root)
     assert code == 0 and "no problems" in out, out
