@@ -229,6 +229,7 @@ class ModelBundle:
             head = from_state(head_cls, record["head"], arrays)
         except (ValueError, TypeError, RecursionError) as exc:
             raise StoreError(f"refused the model bundle {path}: {exc}. {_refit(folder)}") from exc
+        _check_predicts(head, path, folder)
         return cls(**{name: record[name] for name in _BUNDLE_FIELDS}, head=head)
 
     def extractor_key(self):
@@ -267,6 +268,21 @@ def _check_record(record: dict) -> None:
         raise ValueError("field 'classes' must be a list of class names (strings)")
     if "head" not in record:
         raise ValueError("no field 'head'")
+
+
+def _check_predicts(head, path: Path, folder: Path) -> None:
+    """One row through the rebuilt head: attributes of the right types but the wrong roles (a bundle
+    edited by hand) fail here, named, not in the middle of a prediction."""
+    n = getattr(head, "n_features_in_", None)
+    try:
+        if type(n) is not int or not 0 < n <= 2**20:
+            raise ValueError(f"n_features_in_ is {n!r}, expected an int in [1, {2**20}]")
+        proba = head.predict_proba(np.zeros((1, n)))
+        if np.shape(proba) != (1, len(head.classes_)) or not np.isfinite(proba).all():
+            raise ValueError(f"predict_proba gave {proba!r:.80} for one row of zeros")
+    except Exception as exc:  # a probe: whatever the rebuilt head raises means it is not usable
+        raise StoreError(f"refused the model bundle {path}: the rebuilt head cannot predict ({type(exc).__name__}: "
+                         f"{exc}). {_refit(folder)}") from exc
 
 
 def _kinds(kind) -> str:

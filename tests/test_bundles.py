@@ -104,6 +104,10 @@ CRAFTED = {
     "another head's class as the head": (lambda r: r.update(head_name="svc-rbf"), "SvcRbfHead"),
     "a newer format": (lambda r: r.update(bundle_version=2), "bundle_version 2"),
     "a missing array": (lambda r: _scaler_state(r).update(mean_={"array": "a999"}), "'a999' is not in"),
+    # listed types in the wrong roles: caught by one probe prediction, not midway through predict
+    "a listed type in another role": (lambda r: _retype(r, "StandardScaler", "sklearn.linear_model._logistic."
+                                                        "LogisticRegression"), "the rebuilt head cannot predict"),
+    "a wrong width": (lambda r: r["head"]["state"]["dict"].update(n_features_in_=10**9), "n_features_in_ is"),
 }
 
 
@@ -223,3 +227,4 @@ def test_runs_are_found_in_the_store_or_with_run_dir(tmp_path, capsys):
     assert code == 2 and f"--store {other.parent.parent} {RUN_ID}" in err
     code, _, err = run_cli(capsys, "show", tmp_path / "elsewhere", "--run-dir", "--store", store)
     assert code == 2 and "no run.json" in err
+    assert not (tmp_path / "marker").exists()  # show reads the record, never the 0.1 pickle
