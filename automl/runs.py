@@ -236,7 +236,11 @@ class ModelBundle:
         """Rebuild the extractor's key here, now; refuse if it is not the one the head was fitted on."""
         from automl.extractors import ExtractorKey
 
-        saved = ExtractorKey(**self.extractor)
+        try:
+            saved = ExtractorKey(**self.extractor)
+        except TypeError as exc:  # a key field this automl does not know, or one missing
+            raise StoreError(f"the model bundle's extractor key {self.extractor} is not one this automl reads "
+                             f"({exc}); fit the run again with this version.") from exc
         return self._spec(saved).refitted_key(saved, self._weights(), self.seed)
 
     def build_extractor(self):

@@ -228,3 +228,9 @@ def test_runs_are_found_in_the_store_or_with_run_dir(tmp_path, capsys):
     code, _, err = run_cli(capsys, "show", tmp_path / "elsewhere", "--run-dir", "--store", store)
     assert code == 2 and "no run.json" in err
     assert not (tmp_path / "marker").exists()  # show reads the record, never the 0.1 pickle
+
+
+def test_an_extractor_key_of_unknown_fields_is_refused_by_name():
+    bundle = _bundle(_fit("logreg-elasticnet")[0])  # its key lacks every field but the extractor's name
+    with pytest.raises(StoreError, match="extractor key .* is not one this automl reads"):
+        bundle.extractor_key()
