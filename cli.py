@@ -49,7 +49,11 @@ Progress = Annotated[bool, typer.Option(help="Show progress bars.")]
 SkipBad = Annotated[bool, typer.Option("--skip-bad", help="Leave out undecodable files and list them.")]
 BatchSize = Annotated[Optional[int], typer.Option(help="Images per model call (default: from the image size).")]
 ImageSize = Annotated[int, typer.Option(help="Input size in pixels (Keras minimums: 75, 71 for xception).")]
-RunRef = Annotated[str, typer.Argument(help="Run id (or a unique prefix, or its folder).")]
+RunRef = Annotated[str, typer.Argument(
+    help="Run id in the store (or a unique prefix, or its folder in the store's runs/); with --run-dir, a run folder.")]
+RunDir = Annotated[bool, typer.Option(
+    "--run-dir", help="RUN is a run folder outside the store (copied, downloaded). Its model is still loaded as data "
+    "only; predictions cache embeddings in --store.")]
 RecipeFile = Annotated[Path, typer.Argument(help="A recipe YAML file.")]
 
 # The flags of `fit` and `compare`, which override a recipe's keys.
@@ -364,6 +368,7 @@ def predict(
     images: Annotated[List[Path], typer.Argument(help="Image files and/or folders (searched recursively).")],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per line.")] = False,
     store: StoreDir = None,
+    run_dir: RunDir = False,
     skip_bad: SkipBad = False,
     batch_size: BatchSize = None,
     progress: Progress = True,
@@ -372,8 +377,8 @@ def predict(
     from automl.api import load_run
     from automl.report import predict_table
 
-    rows, bad = load_run(run, store=store).predict_with_skipped(images, skip_bad=skip_bad, batch_size=batch_size,
-                                                                progress=progress)
+    saved = load_run(run, store=store, run_dir=run_dir)
+    rows, bad = saved.predict_with_skipped(images, skip_bad=skip_bad, batch_size=batch_size, progress=progress)
     if as_json:
         for row in rows:
             typer.echo(json.dumps(row))
@@ -396,12 +401,12 @@ def runs(store: StoreDir = None) -> None:
 
 
 @app.command()
-def show(run: RunRef, store: StoreDir = None) -> None:
+def show(run: RunRef, store: StoreDir = None, run_dir: RunDir = False) -> None:
     """Everything about one run: data, split, search, best pipeline, test metrics."""
     from automl.api import load_run
     from automl.report import run_text
 
-    typer.echo(run_text(load_run(run, store=store)))
+    typer.echo(run_text(load_run(run, store=store, run_dir=run_dir)))
 
 
 store_app = typer.Typer(help="Look after the store: check it, repair it.", no_args_is_help=True)

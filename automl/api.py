@@ -111,10 +111,13 @@ def compare(data: str | os.PathLike | None = None, *, recipe: Any = None, progre
     return compare_recipe(recipe_of(data, recipe, **keys), progress=progress)
 
 
-def load_run(ref: str | os.PathLike, *, store: str | os.PathLike | None = None) -> Run:
-    """A saved run by id, unique id prefix, or folder (``store``: default ``$AUTOML_STORE`` or ./store)."""
+def load_run(ref: str | os.PathLike, *, store: str | os.PathLike | None = None, run_dir: bool = False) -> Run:
+    """A saved run of ``store`` (default ``$AUTOML_STORE`` or ./store) by id, unique id prefix, or its
+    folder inside the store's ``runs/``. ``run_dir=True`` takes ``ref`` as a run folder anywhere (a
+    copied or downloaded run); its model loads as safely (data only), its predictions use ``store``'s
+    embedding cache."""
     root = Store(store)
-    return Run(find_run(root.runs_dir, os.fspath(ref)), store=root)
+    return Run(find_run(root.runs_dir, os.fspath(ref), run_dir=run_dir), store=root)
 
 
 def _as_run(result) -> Run:

@@ -286,7 +286,7 @@ def _save_stage(record: RunRecord, recipe, dataset: Dataset, data: SearchData, h
         "metrics.json": lambda p: p.write_text(_json(evaluation.report)),
         "leaderboard.json": lambda p: p.write_text(_json(_board(study))),
         "predictions.csv": lambda p: _write_predictions(p, evaluation.items, evaluation.proba, dataset.classes),
-        "model.joblib": bundle.save,
+        **bundle.files(),  # model.json + model.npz: data only, loaded without running code
     }
     if data.synthetic is not None:
         from automl.augment.generate import sample_grid
@@ -392,7 +392,7 @@ def predict(run_dir: Path, paths: Sequence[str], store: Store, *, skip_bad: bool
     from automl.data import load_images
     from automl.evaluate import full_proba
 
-    bundle = ModelBundle.load(Path(run_dir) / "model.joblib")
+    bundle = ModelBundle.load(Path(run_dir))
     key = bundle.extractor_key()
     items, bad = load_images(list(paths), skip_bad=skip_bad)
     result = embed_items(items, key, store.embedding_cache, bundle.build_extractor, batch_size=batch_size,

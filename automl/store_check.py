@@ -34,12 +34,12 @@ from typing import Callable, Iterator
 from automl._files import TMP_PREFIX, file_digest, process_alive, remove_stale_temporaries, temporary_owner
 from automl.cache import DAMAGED, EmbeddingCache
 from automl.errors import StoreError
-from automl.runs import RunRecord
+from automl.runs import BUNDLE_FILES, LEGACY_BUNDLE, RunRecord
 from automl.store import STORE_VERSION, Store
 
 BROKEN = ".broken"  # where run and comparison folders that cannot be used go (dot names are never listed)
 # What `show`, `compare` and `predict` read from a run folder.
-RUN_FILES = ("run.json", "recipe.yaml", "split.json", "metrics.json", "leaderboard.json", "model.joblib")
+RUN_FILES = ("run.json", "recipe.yaml", "split.json", "metrics.json", "leaderboard.json", *BUNDLE_FILES)
 COMPARISON_FILES = ("comparison.json",)
 STALE_HEARTBEAT_S = 600  # a RUNNING trial whose heartbeat is older than this has lost its process
 
@@ -168,6 +168,11 @@ def _runs(store: Store, result: StoreCheck) -> Iterator[Problem]:
             aside = parent / BROKEN / folder.name
             move = f"--repair moves it to {aside} (out of `automl runs`; nothing is deleted)"
             missing = [name for name in needs if not (folder / name).is_file()]
+            if kind == "runs" and set(missing) == set(BUNDLE_FILES) and (folder / LEGACY_BUNDLE).is_file():
+                # automl 0.1's pickle: usable for show, refused by predict; a refit replaces it, not --repair.
+                result.notes.append(f"{folder}: saved by automl 0.1 ({LEGACY_BUNDLE}, a pickle automl never loads); "
+                                    f"predict refuses it. Fix: automl run {folder / 'recipe.yaml'}")
+                missing = []
             trouble = read(folder) if needs[0] not in missing else None
             if missing:
                 what = f"incomplete: {', '.join(missing)} missing"

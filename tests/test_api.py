@@ -4,6 +4,7 @@ stages as the CLI, a typed run record, and predictions that match the run's own 
 from __future__ import annotations
 
 import csv
+import shutil
 import subprocess
 import sys
 
@@ -12,6 +13,7 @@ import pytest
 import automl
 import fakes  # noqa: F401 - registers the test augmenters
 from automl.demo import make_demo_dataset
+from automl.errors import StoreError
 from automl.recipe import RecipeError
 from automl.runs import RunRecord
 from conftest import ROOT
@@ -27,9 +29,15 @@ def digits(tmp_path_factory):
     return folder, tmp_path_factory.mktemp("store")
 
 
-def test_fit_load_run_predict(digits):
+@pytest.fixture(scope="module")
+def fitted(digits):
     data, store = digits
-    run = automl.fit(data, store=str(store), **SMALL)
+    return automl.fit(data, store=str(store), **SMALL)
+
+
+def test_fit_load_run_predict(digits, fitted):
+    data, store = digits
+    run = fitted
     assert isinstance(run.record, RunRecord) and run.folder == store / "runs" / run.id
     assert run.record.best.extractor == "xception" and run.record.best.head == "logreg-elasticnet"
     assert run.metrics["n"] == run.record.test["n"] == 6 and "confusion_matrix" in run.metrics
@@ -41,6 +49,19 @@ def test_fit_load_run_predict(digits):
         saved = {row["path"]: row["predicted"] for row in csv.DictReader(f)}
     predicted = again.predict(list(saved))
     assert {p["path"]: p["class"] for p in predicted} == saved  # the saved model predicts what the run scored
+
+
+def test_a_run_folder_is_taken_from_the_store_or_with_run_dir(digits, fitted, tmp_path):
+    _, store = digits
+    assert automl.load_run(fitted.folder, store=store).record == fitted.record  # its folder in the store's runs/
+    copy = tmp_path / "downloaded"
+    shutil.copytree(fitted.folder, copy)
+    with pytest.raises(StoreError, match=f"run folder {copy} is outside the store's runs folder.*run_dir=True"):
+        automl.load_run(copy, store=store)
+    with open(fitted.folder / "predictions.csv") as f:
+        row = next(csv.DictReader(f))
+    predicted, = automl.load_run(copy, store=store, run_dir=True).predict([row["path"]])
+    assert predicted["class"] == row["predicted"]  # the copy's bundle, rebuilt from data, predicts the same
 
 
 def test_compare_with_a_synthetic_variant(digits):

@@ -44,7 +44,8 @@ def test_fit_breastmnist_reports_and_saves_everything(breast_run, shared):
     record = json.loads((run_dir / "run.json").read_text())
     assert record["name"] == "breast" and record["id"] == run_dir.name
     assert sorted(p.name for p in run_dir.iterdir()) == [
-        "leaderboard.json", "metrics.json", "model.joblib", "predictions.csv", "recipe.yaml", "run.json", "split.json"]
+        "leaderboard.json", "metrics.json", "model.json", "model.npz", "predictions.csv", "recipe.yaml", "run.json",
+        "split.json"]
     test = record["test"]
     assert test["n"] == 156
     # Above chance: 114 of 156 test images are benign, so a constant guess has accuracy 0.73, AUROC 0.5.
@@ -90,9 +91,10 @@ def test_bundle_refuses_an_extractor_it_cannot_rebuild(breast_run, capsys, monke
     assert code == 2
     assert "cannot rebuild the extractor" in err and "backend: fitted with 'tensorflow', now 'jax'" in err
     monkeypatch.delenv("KERAS_BACKEND")
-    bundle = ModelBundle.load(run_dir / "model.joblib")
+    bundle = ModelBundle.load(run_dir)
     bundle.weights = str(tmp_path / "gone.h5")
-    moved = tmp_path / "model.joblib"
+    moved = tmp_path / "moved"
+    moved.mkdir()
     bundle.save(moved)
     with pytest.raises(Exception, match="no longer exists"):
         ModelBundle.load(moved).extractor_key()

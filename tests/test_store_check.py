@@ -14,7 +14,7 @@ import pytest
 
 from automl.data import fingerprint_bytes
 from automl.extractors import ExtractorKey
-from automl.runs import RunRecord
+from automl.runs import BUNDLE_FILES, LEGACY_BUNDLE, RunRecord
 from automl.store import Store
 from automl.store_check import RUN_FILES, check_store
 from conftest import run_cli
@@ -99,7 +99,7 @@ def test_every_planted_problem_is_named_then_repaired(clean_store, capsys):
     bad_json = _run(store, "260101-000002-cccc")
     (bad_json / "run.json").write_text("{not json")
     no_model = _run(store, "260101-000003-dddd")
-    (no_model / "model.joblib").unlink()
+    (no_model / "model.json").unlink()
     wrong_id = _run(store, "260101-000004-eeee")
     (wrong_id / "run.json").write_text((wrong_id / "run.json").read_text().replace("000004-eeee", "000009-ffff"))
     changed, _ = _generated(store, 3)
@@ -182,6 +182,15 @@ def test_a_running_trial_with_no_owner_is_a_note_not_a_problem(clean_store):
     optuna.create_study(storage=clean_store.optuna_url, study_name="s", load_if_exists=True).ask()
     result = check_store(clean_store)
     assert result.ok and any("1 RUNNING trial(s)" in n for n in result.notes)
+
+
+def test_a_run_of_automl_0_1_is_a_note_with_its_refit_not_a_problem(clean_store):
+    old = _run(clean_store, "250101-000000-0000")
+    for name in BUNDLE_FILES:
+        (old / name).unlink()
+    (old / LEGACY_BUNDLE).write_bytes(b"a pickle, never opened")
+    result = check_store(clean_store)
+    assert result.ok and any(str(old) in n and "automl run" in n for n in result.notes)
 
 
 def test_no_store_is_an_error(tmp_path, capsys):

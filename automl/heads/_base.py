@@ -2,8 +2,10 @@
 (``automl.params``), input validation, the scaler, and ``predict`` as the argmax of ``predict_proba``.
 
 A head is one file of this package: a class that subclasses ``Head`` once (no deeper tree), adds its
-own ``fit``, ``predict_proba``, ``search_space`` and ``defaults_for_trial``, and registers itself
-with ``@register``; ``automl.heads`` finds the file, no list to extend.
+own ``fit``, ``predict_proba``, ``search_space`` and ``defaults_for_trial``, lists in ``state_types``
+the classes its fitted attributes hold (a model bundle rebuilds those and nothing else, see
+``automl.heads._state``), and registers itself with ``@register``; ``automl.heads`` finds the file,
+no list to extend.
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ class Head(ClassifierMixin, BaseEstimator):
 
     name: ClassVar[str]
     _constraints: ClassVar[dict[str, list]]
+    # Every class a fitted head's attributes hold, however deep: a model bundle saves and rebuilds
+    # instances of these (and of the head) only; a subclass adds its own to these.
+    state_types: ClassVar[tuple[type, ...]] = (StandardScaler,)
 
     @staticmethod
     def search_space(trial) -> dict:

@@ -2,7 +2,8 @@
 
 Keras (and TensorFlow) is imported inside ``fit`` only. After training the weights are copied out as
 NumPy arrays (``coefs_``, ``intercepts_``), so ``predict_proba`` is a NumPy forward pass: fast on a
-few hundred rows, and a fitted head pickles and predicts without Keras installed or imported.
+few hundred rows, and a fitted head saves to a model bundle as plain arrays and predicts without Keras
+installed or imported.
 
 Early stopping watches Keras's ``val_loss`` on a stratified inner validation split
 (``validation_fraction`` of the data given to ``fit``) and restores the best epoch's weights;

@@ -13,6 +13,7 @@ from typing import ClassVar
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.multiclass import OneVsRestClassifier
+from sklearn.preprocessing import LabelBinarizer
 
 from automl.heads._base import SEED, Head, register
 from automl.params import Interval, Options
@@ -38,6 +39,7 @@ class LogRegElasticNetHead(Head):
         "multi_class": [Options(("multinomial", "ovr"))],
         "random_state": SEED,
     }
+    state_types = Head.state_types + (LogisticRegression, OneVsRestClassifier, LabelBinarizer)  # ovr: a binarizer
 
     def __init__(self, C=10.0, l1_ratio=0.5, max_iter=300, tol=1e-4, multi_class="multinomial",
                  random_state=0):

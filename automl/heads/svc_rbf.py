@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 import numpy as np
-from sklearn.calibration import CalibratedClassifierCV
+from sklearn.calibration import CalibratedClassifierCV, _CalibratedClassifier, _SigmoidCalibration
 from sklearn.model_selection import StratifiedKFold
 from sklearn.svm import SVC
 
@@ -46,6 +46,9 @@ class SvcRbfHead(Head):
         "cv": [Interval(int, 2)],
         "random_state": SEED,
     }
+    # CalibratedClassifierCV keeps its folds, its SVC, and per fitted SVC one sigmoid per class.
+    state_types = Head.state_types + (CalibratedClassifierCV, _CalibratedClassifier, _SigmoidCalibration,
+                                      StratifiedKFold, SVC)
 
     def __init__(self, C=10.0, gamma="scale", tol=0.01, max_iter=1000, cv=3, random_state=0):
         self.C = C
