@@ -50,6 +50,8 @@ MAX_PIXELS = 89_478_485
 DECODE_MEMORY = 1 << 30
 # JPEG's ``draft`` decodes at 1/2, 1/4 or 1/8 scale; the most a JPEG can be reduced by.
 _JPEG_MAX_REDUCTION = 8
+# Elements per strip when stretching high-bit images (float64 temporaries of 8 MiB).
+_STRIP_ELEMENTS = 1 << 20
 _HIGH_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 _ALPHA = ("RGBA", "LA", "PA", "RGBa", "La")
 # Peak bytes per full-size pixel while one image is decoded, by mode (measured on large images, at a
@@ -227,7 +229,7 @@ def _resized(im: Image.Image, size: int) -> np.ndarray:
 def _stretch(pixels: np.ndarray) -> np.ndarray:
     """Min..max of the finite values onto 0..255, in strips of rows so that the float64 temporaries
     stay small (elementwise, so the result equals the whole-array computation)."""
-    rows = max(1, (1 << 20) // max(1, pixels[0].size if len(pixels) else 1))
+    rows = max(1, _STRIP_ELEMENTS // max(1, pixels[0].size if len(pixels) else 1))
     strips = [pixels[i:i + rows] for i in range(0, len(pixels), rows)]
     if pixels.dtype.kind in "biu":  # no NaN or infinity
         lo, hi = (float(pixels.min()), float(pixels.max())) if pixels.size else (0.0, 0.0)
