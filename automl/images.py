@@ -171,11 +171,6 @@ def decode_array(pixels: np.ndarray, size: int | None = None) -> np.ndarray:
     return resize(np.ascontiguousarray(rgb), size)
 
 
-def to_rgb(im: Image.Image) -> np.ndarray:
-    """A loaded PIL image as uint8 RGB at its own size, by the rules above."""
-    return _rgb(im, None)
-
-
 def resize(rgb: np.ndarray, size: int | None) -> np.ndarray:
     if size is None or rgb.shape[:2] == (size, size):
         return rgb
