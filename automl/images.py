@@ -263,30 +263,28 @@ def _over_black(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
 
 
 def _open(data: bytes | BinaryIO) -> Image.Image:
-    """Open (header only). A JPEG is opened without Pillow's own size check, which would refuse or
-    warn before ``draft`` can reduce it; ``_check_pixels`` then judges the scale it is decoded at."""
+    """Open (header only). Pillow's own size check would warn, or refuse, before ours could name the
+    file's size and the fix, so ours comes first: a JPEG is judged later, at the scale ``draft``
+    decodes it at; any other image here, from what its header says."""
     fp = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
     start = fp.tell()
-    magic = fp.read(3)
-    fp.seek(start)
-    if magic == b"\xff\xd8\xff":
-        return JpegImagePlugin.jpeg_factory(fp)
-    try:
-        return Image.open(fp)
-    except Image.DecompressionBombError as exc:
+    if fp.read(3) == b"\xff\xd8\xff":
         fp.seek(start)
-        header = _header(fp)
-        if header is None:
-            raise
+        return JpegImagePlugin.jpeg_factory(fp)  # what Image.open calls for a JPEG, less the size check
+    fp.seek(start)
+    header = _header(fp)
+    if header is not None:
         _check_pixels(header, header.width * header.height)
-        raise
+    fp.seek(start)
+    return Image.open(fp)
 
 
 def _header(fp: BinaryIO) -> ImageInfo | None:
-    """What Pillow's plugins read from the header, without Pillow's size check (for the message
-    about an image Pillow refused to open); None when no plugin reads it."""
+    """Size, mode and format as the first plugin that accepts the bytes reads them, without
+    Pillow's size check; None when no plugin does (``Image.open`` then says why)."""
     start = fp.tell()
     prefix = fp.read(16)
+    Image.preinit()  # the plugins in the order Image.open tries them
     Image.init()
     for name in Image.ID:
         factory, accept = Image.OPEN[name]
