@@ -20,9 +20,10 @@ Memory is bounded, because a few megabytes of PNG can claim gigabytes once decod
   A JPEG counts at the scale it is decoded at: one that ``draft`` reduces below the limit is fine.
 - Decodes in flight, in every thread together, hold at most ``DECODE_MEMORY`` bytes
   (``DECODE_BUDGET``); a decode waits for its share, one larger than the whole budget runs alone.
-- Each rule is applied to the full-size image once, with no NumPy copies of it: grey images are
-  resized before they become RGB, alpha is composited by Pillow's premultiplication (the same
-  rounding as ``_over_black``), high-bit images are stretched in strips.
+- Few full-size copies, and the same pixels as the plain order of the rules: a resize runs on the
+  Pillow image (no NumPy round trip), grey images are resized before they become RGB, alpha is
+  composited by Pillow's premultiplication (the rounding of ``_over_black``), high-bit images are
+  stretched in strips, and a full-size result is copied out in strips.
 """
 
 from __future__ import annotations
