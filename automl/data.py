@@ -100,8 +100,8 @@ class Item:
         try:
             if self._array is not None:
                 return decode_array(np.asarray(self._array.get()[self._index]), size)
-            with open(self.path, "rb") as f:
-                return decode(f.read(), size)
+            with open(self.path, "rb") as f:  # Pillow reads what it needs: the bytes are not held whole
+                return decode(f, size)
         except DecodeError as exc:
             raise DataError(
                 f"cannot decode image {self.path}: {exc}. Remove or replace the file, or pass "
@@ -353,14 +353,19 @@ def _image_files(folder: Path) -> tuple[list[Path], list[Path]]:
 
 
 def _read_file(path: Path) -> tuple[str, ImageInfo] | BadFile:
+    """The file's fingerprint (read in chunks, so a worker holds 1 MiB, not the file) and its
+    header (``probe`` decodes no pixels; it refuses an image above ``images.MAX_PIXELS``)."""
     try:
-        data = path.read_bytes()
+        with path.open("rb") as f:
+            h = hashlib.blake2b(digest_size=16)  # as fingerprint_bytes
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+            if not f.tell():
+                return BadFile(str(path), "empty file")
+            f.seek(0)
+            return h.hexdigest(), probe(f)
     except OSError as exc:
         return BadFile(str(path), f"unreadable ({exc.strerror or exc})")
-    if not data:
-        return BadFile(str(path), "empty file")
-    try:
-        return fingerprint_bytes(data), probe(data)
     except DecodeError as exc:
         return BadFile(str(path), str(exc))
 

@@ -2,6 +2,8 @@
 
 Decoding runs in a thread pool a few batches ahead of the model (PIL and NumPy release the GIL), so
 the model is not starved; each finished chunk goes to the cache at once, so a killed embed resumes.
+Memory is bounded by bytes, not only by the pool's size: decodes in flight share
+``automl.images.DECODE_BUDGET``, and what waits for the model is already resized to the model's input.
 """
 
 from __future__ import annotations

@@ -45,6 +45,7 @@ from automl import seeds
 from automl._files import atomic_path, atomic_write_text, content_digest, remove_stale_temporaries
 from automl.data import Dataset, Item, fingerprint_array, load_dataset, stratified_holdout
 from automl.errors import ConfigError, DataError
+from automl.images import MemoryBudget
 from automl.params import Interval, Options, check_param
 from automl.extractors import DEFAULT_IMAGE_SIZE, EXTRACTORS, Backbone, Weights, dtype_policy, import_keras
 from automl.extractors.pretrained import NAME
@@ -57,6 +58,9 @@ CHECKPOINT_VERSION = 2  # 2: seed streams (automl.seeds) replaced seed + k and [
 # from the data's after the few hundred steps a small dataset gives, and validation (which uses them)
 # then sees the majority class only. 0.9 catches up within a few dozen steps.
 BN_MOMENTUM = 0.9
+# Bytes of decoded full-size images the --exclude check's threads hold at once (a separate budget from
+# automl.images.DECODE_BUDGET, which each decode takes inside this one, so neither waits on itself).
+_NATIVE_PIXELS = MemoryBudget(1 << 29)
 
 
 # --- settings ----------------------------------------------------------------------------------
@@ -235,7 +239,10 @@ def _fingerprint(train: list[Item], val: list[Item]) -> str:
 def _pixel_hashes(items: Sequence[Item], skip_bad: bool) -> list[str | None]:
     def one(it: Item) -> str | None:
         try:
-            return fingerprint_array(it.load(None))
+            # Native-size pixels outlive their decode (and DECODE_BUDGET's share) until hashed: the
+            # array and fingerprint_array's copy of its bytes.
+            with _NATIVE_PIXELS.hold(it.width * it.height * 6):
+                return fingerprint_array(it.load(None))
         except DataError:
             if skip_bad:
                 return None

@@ -421,3 +421,16 @@ def test_compaction_merges_in_bounded_groups(tmp_path, monkeypatch):
     assert cache.compact() == []  # merged shards are no longer small
     found = cache.lookup(fps)
     np.testing.assert_array_equal(np.stack([found[fp] for fp in fps]), rows)
+
+
+def test_decode_ahead_stays_within_the_decode_budget(tmp_path, monkeypatch):
+    import automl.images as images
+
+    data = class_folders(tmp_path / "data", {"a": 6, "b": 6}, size=(400, 300))
+    items = load_dataset(data).items
+    one = images.decode_cost(400, 300, "RGB")
+    budget = images.MemoryBudget(one * 2)  # two images at once, though four threads decode
+    monkeypatch.setattr(images, "DECODE_BUDGET", budget)
+    result = _embed(items, Store(tmp_path / "s"), {}, batch_size=4, workers=4)
+    assert one <= budget.peak <= budget.limit and budget.used == 0  # every decode took its share
+    assert np.allclose(result.embeddings, expected(items), atol=1e-5)
