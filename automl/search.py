@@ -139,10 +139,11 @@ def study_name(fingerprint: str, extractors: Sequence[str], heads: Sequence[str]
 #   (Optuna's MaxTrialsCallback stops a process after a trial ends, which cannot prevent that.)
 
 HEARTBEAT_S = 10  # seconds between a running trial's heartbeats (Optuna's RDB heartbeat)
-GRACE_S = 60  # a trial of another host silent this long is taken as dead
+GRACE_S = 120  # a trial silent this long is taken as dead (other hosts; this host asks the pid at once)
 CLAIM_WAIT_S = 10  # a trial that has not claimed its slot this long after starting is taken as dead
 _POLL_S = 0.2  # how often a process waiting for other processes' trials looks again
-_LOCK_TRIES = 10  # a storage kept locked by other processes: tries (with backoff) before a clear error
+_LOCK_TRIES = 5  # a storage kept locked by other processes: tries (with backoff) before a clear error
+_BUSY_S = 20  # SQLite: how long one statement waits for another process's write (the default is 5 s)
 _CLAIM, _ERROR, _INTERRUPTED = "automl:claim", "automl:error", "automl:interrupted"
 _LIVE_SESSIONS: set[str] = set()  # searches running in this process (threads may run several)
 
@@ -333,7 +334,7 @@ class _Session:
         """``fn()``, tried again while other processes keep the database locked; then a clear error."""
         from automl.errors import StoreError
 
-        delay, waited = 0.05, 0.0
+        delay, began = 0.1, time.monotonic()
         for attempt in range(_LOCK_TRIES):
             try:
                 return fn()
@@ -344,12 +345,11 @@ class _Session:
                     where = self.url if self.url.startswith("sqlite") else f"the {self.url.split(':')[0]} database"
                     raise StoreError(
                         f"the Optuna storage {where} stayed locked by other processes while {what} "
-                        f"({_LOCK_TRIES} tries over {waited:.0f} s): {e.__class__.__name__}. Rerun the command "
+                        f"({_LOCK_TRIES} tries over {time.monotonic() - began:.0f} s). Rerun the command "
                         "(the search resumes where it stopped), or give concurrent fits their own --storage."
                     ) from None
                 time.sleep(delay)
-                waited += delay
-                delay = min(2 * delay, 5.0)
+                delay *= 4
 
     def settle(self, study) -> list:
         """Fail the study's RUNNING trials whose process is gone; returns its trials after that."""
@@ -380,10 +380,14 @@ class _Session:
         Waits until every running trial of lower number has claimed (they are ahead of it)."""
         import optuna
 
+        began = time.monotonic()
         while True:
             trials = study.get_trials(deepcopy=False)
             lower = [t for t in trials if t.state == optuna.trial.TrialState.RUNNING and t.number < trial.number]
             dead = [(t, why) for t in lower for why in [abandoned(t, self.token)] if why]
+            if not dead and time.monotonic() - began > CLAIM_WAIT_S:  # whatever its clock says
+                dead = [(t, "its process died as it started (no slot claimed)") for t in lower
+                        if _CLAIM not in t.system_attrs]
             for t, why in dead:
                 self.fail(t.number, why)
             if not dead and all(_CLAIM in t.system_attrs for t in lower):
@@ -445,8 +449,7 @@ def _slot_sampler(session: _Session, seed: int, references: list, n_trials: int 
 def _open_storage(url: str):
     import optuna
 
-    # SQLite: wait for another process's write (the default is 5 s) rather than fail at once.
-    kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    kwargs = {"connect_args": {"timeout": _BUSY_S}} if url.startswith("sqlite") else {}
     for attempt in range(_LOCK_TRIES):
         try:
             with warnings.catch_warnings():
