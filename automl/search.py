@@ -278,11 +278,14 @@ def _one_trial(study, objective, sampler) -> None:
         try:
             # A trial whose fit fails is recorded as failed with its error, and the search goes on.
             study.optimize(objective, n_trials=1, catch=(ValueError, np.linalg.LinAlgError, _Surplus))
-        except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
-            # Another process took this trial for dead (a stall longer than GRACE_S) and failed it,
-            # so Optuna could not record it: its slot runs again, here or there.
-            ticket = sampler.ticket
-            if ticket is None or _state(study, ticket.number) == optuna.trial.TrialState.RUNNING:
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # Another process took this trial for dead (a stall longer than CLAIM_WAIT_S before its
+            # claim, or GRACE_S without a heartbeat) and failed it: its slot runs again, here or there.
+            if sampler.ticket is not None and _state(study, sampler.ticket.number) == optuna.trial.TrialState.RUNNING:
+                raise
+        except ValueError:
+            # The same, noticed as the result is told ("Cannot tell a FAIL trial").
+            if sampler.ticket is None or _state(study, sampler.ticket.number) == optuna.trial.TrialState.RUNNING:
                 raise
 
 

@@ -179,6 +179,24 @@ def test_processes_sharing_a_study_keep_its_budget_and_never_repeat_a_configurat
     assert json.loads(winners.pop()) == {"number": best.number, "value": best.value, "params": best.params}
 
 
+def test_a_live_trial_failed_by_another_process_runs_its_slot_again(db, uninterrupted, monkeypatch):
+    """Another process may take a slow trial for dead (no claim in CLAIM_WAIT_S, or no heartbeat in
+    GRACE_S) and fail it under its live owner: the owner goes on, and the slot runs again."""
+    real, calls = search.full_proba, []
+
+    def scored(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 20:
+            with sqlite3.connect(db) as con:
+                con.execute("update trials set state = 'FAIL' where state = 'RUNNING'")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(search, "full_proba", scored)
+    study = search_here(db)
+    assert history(study) == history(uninterrupted)
+    assert search.trial_counts(study)["interrupted"] == 1
+
+
 def test_a_locked_storage_is_retried_then_named(tmp_path, monkeypatch):
     session = search._Session(f"sqlite:///{tmp_path}/s.db", "t")
     monkeypatch.setattr(search.time, "sleep", lambda s: None)
