@@ -318,9 +318,10 @@ def _rows(result: EmbedResult, kept: list[int]) -> np.ndarray:
 def _fingerprint(items, kept: list[int], synthetic=None) -> str:
     """What the search's data is: every row's image and label, which rows are synthetic and how they
     mix, and the fold scheme (v2: identical images grouped; v3: folds, sampler and heads seeded from named
-    streams), so a changed scheme never resumes an old study."""
+    streams; v4: the sampler seeded per trial from the study's history, reference setups claimed by
+    slot), so a changed scheme never resumes an old study."""
     h = hashlib.blake2b(digest_size=12)
-    h.update(b"folds:v3;")
+    h.update(b"folds:v4;")
     if synthetic is not None:
         h.update(f"mix:{synthetic.record['mix']};real:{len(synthetic.real)};".encode())
     for i in kept:
@@ -329,24 +330,23 @@ def _fingerprint(items, kept: list[int], synthetic=None) -> str:
 
 
 def _best_trial(study):
-    import optuna
+    from automl.search import best_trial, failure_reason
 
-    try:
-        return study.best_trial
-    except ValueError:
-        failed = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.FAIL]
-        reason = failed[-1].system_attrs.get("fail_reason", "") if failed else ""
-        raise AutomlError(
-            f"no search trial finished ({len(failed)} failed{': ' + reason.splitlines()[-1] if reason else ''}). "
-            "Raise --trials or --timeout, or check the data."
-        ) from None
+    best = best_trial(study)
+    if best is not None:
+        return best
+    failed = [t for t in study.get_trials(deepcopy=False) if failure_reason(t)]
+    reason = failure_reason(failed[-1]) if failed else ""
+    raise AutomlError(
+        f"no search trial finished ({len(failed)} failed{': ' + reason.splitlines()[-1] if reason else ''}). "
+        "Raise --trials or --timeout, or check the data."
+    )
 
 
 def _trial_counts(study) -> dict:
-    counts: dict[str, int] = {}
-    for t in study.get_trials(deepcopy=False):
-        counts[t.state.name.lower()] = counts.get(t.state.name.lower(), 0) + 1
-    return counts
+    from automl.search import trial_counts
+
+    return trial_counts(study)
 
 
 def _redact(url: str) -> str:

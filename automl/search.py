@@ -7,11 +7,16 @@ inspected with Optuna's own tools.
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import math
+import os
+import socket
+import time
 import warnings
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -113,6 +118,51 @@ def study_name(fingerprint: str, extractors: Sequence[str], heads: Sequence[str]
     return "automl-" + hashlib.blake2b(config.encode(), digest_size=8).hexdigest()
 
 
+# --- a study that survives kills and company --------------------------------------------------
+#
+# Several processes may share one study (two fits of the same data on one store), and any of them
+# may be killed. So:
+# - every trial claims, as it starts, its owner (host, pid, process start, search session), its
+#   slot (how many trials the history holds before it: finished, failed, and running ones of lower
+#   number) and, while some are left, the next reference setup;
+# - the sampler is TPE seeded from that slot (stream ``search:<slot>``), so what a trial suggests
+#   depends on the study's history alone: a resumed search runs an interrupted trial's slot again
+#   with the same suggestion (kill-and-resume reproduces the uninterrupted run exactly), and
+#   concurrent trials, whose slots differ, draw differently (constant liar steers them apart too);
+# - a RUNNING trial whose process is gone is failed ("interrupted") at once when its owner ran on
+#   this host (its pid), else by Optuna's heartbeat after GRACE_S, and its slot goes to the next
+#   trial; Optuna's RetryFailedTrialCallback is not used because its retry joins the queue behind
+#   later trials, which would reorder the history TPE sees;
+# - ``n_trials`` bounds the study's COMPLETE + PRUNED trials, however many processes share it: a
+#   process starts a trial only while finished + running trials are below it, and a trial that
+#   finds the budget taken as it claims (a concurrent start) fails at once as "surplus", unrun.
+#   (Optuna's MaxTrialsCallback stops a process after a trial ends, which cannot prevent that.)
+
+HEARTBEAT_S = 10  # seconds between a running trial's heartbeats (Optuna's RDB heartbeat)
+GRACE_S = 120  # a trial silent this long is taken as dead (other hosts; this host asks the pid at once)
+CLAIM_WAIT_S = 10  # a trial that has not claimed its slot this long after starting is taken as dead
+_POLL_S = 0.2  # how often a process waiting for other processes' trials looks again
+_LOCK_TRIES = 5  # a storage kept locked by other processes: tries (with backoff) before a clear error
+_BUSY_S = 20  # SQLite: how long one statement waits for another process's write (the default is 5 s)
+_CLAIM, _ERROR, _INTERRUPTED = "automl:claim", "automl:error", "automl:interrupted"
+_LIVE_SESSIONS: set[str] = set()  # searches running in this process (threads may run several)
+
+
+class _Surplus(Exception):
+    """A trial started by a concurrent process after the budget was taken; it is failed unrun."""
+
+
+@dataclass(frozen=True)
+class _Ticket:
+    """What a starting trial claimed."""
+
+    number: int
+    trial_id: int
+    slot: int
+    reference: tuple | None  # (label, params) of a reference setup, or None: the sampler suggests
+    surplus: bool
+
+
 def run_search(
     features: Mapping[str, np.ndarray],
     y: np.ndarray,
@@ -130,11 +180,13 @@ def run_search(
     progress: bool = True,
     cv_seed: int | None = None,
 ):
-    """Run (or resume) the study; returns it. ``features`` maps extractor name -> (n, dim) rows
-    aligned with ``y``; ``n_trials`` counts finished trials, earlier runs of this study included.
-    ``seed`` seeds the sampler and the heads (streams ``search`` and ``head``), ``cv_seed`` (default:
-    ``seed``) the fold split (stream ``folds``);
-    ``groups`` and ``synthetic`` shape the folds (``cv_splits``)."""
+    """Run (or resume, or join) the study; returns it. ``features`` maps extractor name -> (n, dim)
+    rows aligned with ``y``; ``n_trials`` counts the study's finished trials, earlier runs and
+    concurrent processes included, and the call returns once the study holds that many (having
+    waited for other processes' running trials). ``seed`` seeds the sampler and the heads (streams
+    ``search:<slot>`` and ``head``), ``cv_seed`` (default: ``seed``) the fold split (stream
+    ``folds``); ``groups`` and ``synthetic`` shape the folds (``cv_splits``). ``timeout`` (seconds)
+    stops starting trials. A storage kept locked by other processes raises ``StoreError``."""
     import optuna
 
     from automl.heads import HEADS
@@ -145,21 +197,30 @@ def run_search(
     heads = list(heads)
     folds = cv_splits(y, cv, derive(seed if cv_seed is None else cv_seed, "folds"), groups, synthetic=synthetic)
     n_classes = int(y.max()) + 1
-    with warnings.catch_warnings():
-        # multivariate/group TPE is marked experimental, and is what a conditional space (each
-        # head has its own parameters) needs to model parameters jointly.
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        sampler = optuna.samplers.TPESampler(seed=derive(seed, "search"), multivariate=True, group=True)
-    study = optuna.create_study(
-        storage=storage, study_name=name, load_if_exists=True, direction=objective_metric.direction, sampler=sampler,
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1),
-    )
-    for extractor, head, label in REFERENCE_SETUPS:
-        if extractor in extractors and head in heads:
-            params = {"extractor": extractor, "head": head, **HEADS.get(head).defaults_for_trial()}
-            study.enqueue_trial(params, user_attrs={"reference": label}, skip_if_exists=True)
+    references = [(label, {"extractor": extractor, "head": head, **HEADS.get(head).defaults_for_trial()})
+                  for extractor, head, label in REFERENCE_SETUPS if extractor in extractors and head in heads]
+    session = _Session(storage, name)
+    sampler = _slot_sampler(session, seed, references, n_trials)
+    study = session.retrying("opening the study", lambda: optuna.create_study(
+        storage=session.storage, study_name=name, load_if_exists=True, direction=objective_metric.direction,
+        sampler=sampler, pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)))
+    session.study_id = session.storage.get_study_id_from_name(name)
 
     def objective(trial) -> float:
+        ticket = sampler.ticket
+        if ticket.surplus:
+            raise _Surplus(f"the study's budget of {n_trials} trials was taken by other processes; not run")
+        if ticket.reference is not None:
+            trial.set_user_attr("reference", ticket.reference[0])
+        try:
+            return evaluate(trial)
+        except (ValueError, np.linalg.LinAlgError) as e:
+            # A failure of the trial itself (say, a learning rate that diverges), told apart from an
+            # interrupted trial: its slot is spent, and the run record counts it as failed.
+            session.storage.set_trial_system_attr(ticket.trial_id, _ERROR, f"{type(e).__name__}: {e}"[:2000])
+            raise
+
+    def evaluate(trial) -> float:
         candidate = suggest(trial, extractors, heads)
         X = features[candidate.extractor]
         scores = []
@@ -176,31 +237,295 @@ def run_search(
             raise ValueError(f"{metric} is undefined on every fold (a class missing from each validation fold)")
         return value
 
-    done = _finished(study)
-    remaining = None if n_trials is None else max(0, n_trials - done)
-    if remaining == 0:
-        return study
-    bar = tqdm(total=remaining, desc="search", unit="trial", disable=not progress, dynamic_ncols=True)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    _LIVE_SESSIONS.add(session.token)
+    bar = None
+    try:
+        while True:
+            tally = _Tally(session.retrying("reading the study", lambda: session.settle(study)))
+            if bar is None:
+                if n_trials is not None and tally.finished >= n_trials:
+                    break
+                bar = tqdm(total=None if n_trials is None else n_trials - tally.finished, desc="search",
+                           unit="trial", disable=not progress, dynamic_ncols=True)
+                start = tally.finished
+            _show(bar, study, metric, tally.finished - start)
+            if n_trials is not None and tally.finished >= n_trials:
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            if n_trials is not None and tally.finished + tally.running >= n_trials:
+                time.sleep(_POLL_S)  # the budget is in other processes' hands: wait for their results
+                continue
+            session.retrying("running a trial", lambda: _one_trial(study, objective, sampler))
+    finally:
+        _LIVE_SESSIONS.discard(session.token)
+        if bar is not None:
+            bar.close()
+    return study
 
-    def report(study, trial):
-        bar.update(1)
-        best = _best_or_none(study)
+
+def _one_trial(study, objective, sampler) -> None:
+    import optuna
+
+    sampler.ticket = None
+    with warnings.catch_warnings():
+        # Non-converged saga/SVC fits are normal inside a search; the refit reports its own.
+        from sklearn.exceptions import ConvergenceWarning
+
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats
+        try:
+            # A trial whose fit fails is recorded as failed with its error, and the search goes on.
+            study.optimize(objective, n_trials=1, catch=(ValueError, np.linalg.LinAlgError, _Surplus))
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # Another process took this trial for dead (a stall longer than CLAIM_WAIT_S before its
+            # claim, or GRACE_S without a heartbeat) and failed it: its slot runs again, here or there.
+            if sampler.ticket is not None and _state(study, sampler.ticket.number) == optuna.trial.TrialState.RUNNING:
+                raise
+        except ValueError:
+            # The same, noticed as the result is told ("Cannot tell a FAIL trial").
+            if sampler.ticket is None or _state(study, sampler.ticket.number) == optuna.trial.TrialState.RUNNING:
+                raise
+
+
+def _state(study, number: int):
+    return next(t.state for t in study.get_trials(deepcopy=False) if t.number == number)
+
+
+def _show(bar, study, metric: str, done: int) -> None:
+    if done > bar.n:
+        bar.update(done - bar.n)
+        best = best_trial(study)
         if best is not None:
             bar.set_postfix_str(f"best {metric} {best.value:.4f}: {describe_trial(best)}"[:90])
 
-    try:
-        with warnings.catch_warnings():
-            # Non-converged saga/SVC fits are normal inside a search; the refit reports its own.
-            from sklearn.exceptions import ConvergenceWarning
 
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            # A trial whose fit fails (say, a learning rate that diverges) is recorded as failed with
-            # its error, and the search goes on; the run record counts failed trials.
-            study.optimize(objective, n_trials=remaining, timeout=timeout, callbacks=[report],
-                           catch=(ValueError, np.linalg.LinAlgError))
-    finally:
-        bar.close()
-    return study
+class _Tally:
+    """Counts of a study's trials (those numbered below ``before`` for the running ones)."""
+
+    def __init__(self, trials, before: int | None = None):
+        from optuna.trial import TrialState
+
+        finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+        failed = [t for t in trials if t.state == TrialState.FAIL and _ERROR in t.system_attrs]
+        running = [t for t in trials if t.state == TrialState.RUNNING and (before is None or t.number < before)
+                   and not (t.system_attrs.get(_CLAIM) or {}).get("surplus")]
+        self.finished, self.running = len(finished), len(running)
+        self.slot = len(finished) + len(failed) + len(running)
+        self.references = {t.user_attrs.get("reference") or (t.system_attrs.get(_CLAIM) or {}).get("reference")
+                           for t in finished + failed + running} - {None}
+
+
+class _Session:
+    """One ``run_search`` call's hold on the study: its storage (with heartbeats), its identity as
+    an owner of trials, and the bookkeeping of claims and dead trials."""
+
+    def __init__(self, url: str, name: str):
+        import uuid
+
+        self.url, self.name = url, name
+        self.token = uuid.uuid4().hex
+        self.storage = self.retrying("opening the storage", lambda: _open_storage(url))
+        self.study_id: int | None = None
+
+    @property
+    def owner(self) -> dict:
+        return {"host": _host(), "pid": os.getpid(), "started": _process_start(os.getpid()), "session": self.token}
+
+    def retrying(self, what: str, fn):
+        """``fn()``, tried again while other processes keep the database locked; then a clear error."""
+        from automl.errors import StoreError
+
+        delay, began = 0.1, time.monotonic()
+        for attempt in range(_LOCK_TRIES):
+            try:
+                return fn()
+            except Exception as e:
+                if not _locked(e):
+                    raise
+                if attempt == _LOCK_TRIES - 1:
+                    where = self.url if self.url.startswith("sqlite") else f"the {self.url.split(':')[0]} database"
+                    raise StoreError(
+                        f"the Optuna storage {where} stayed locked by other processes while {what} "
+                        f"({_LOCK_TRIES} tries over {time.monotonic() - began:.0f} s). Rerun the command "
+                        "(the search resumes where it stopped), or give concurrent fits their own --storage."
+                    ) from None
+                time.sleep(delay)
+                delay *= 4
+
+    def settle(self, study) -> list:
+        """Fail the study's RUNNING trials whose process is gone; returns its trials after that."""
+        import optuna
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)  # heartbeats: trials of other hosts
+        trials = study.get_trials(deepcopy=False)
+        dead = [(t, why) for t in trials if t.state == optuna.trial.TrialState.RUNNING
+                for why in [abandoned(t, self.token)] if why]
+        for t, why in dead:
+            self.fail(t.number, why)
+        return study.get_trials(deepcopy=False) if dead else trials
+
+    def fail(self, number: int, why: str) -> None:
+        import optuna
+
+        trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
+        try:
+            self.storage.set_trial_system_attr(trial_id, _INTERRUPTED, why)
+            self.storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # another process got there first
+
+    def claim(self, study, trial, references: list, n_trials: int | None) -> _Ticket:
+        """The starting ``trial``'s slot, reference setup and budget check, written to the study.
+        Waits until every running trial of lower number has claimed (they are ahead of it)."""
+        import optuna
+
+        began = time.monotonic()
+        while True:
+            trials = study.get_trials(deepcopy=False)
+            lower = [t for t in trials if t.state == optuna.trial.TrialState.RUNNING and t.number < trial.number]
+            dead = [(t, why) for t in lower for why in [abandoned(t, self.token)] if why]
+            if not dead and time.monotonic() - began > CLAIM_WAIT_S:  # whatever its clock says
+                dead = [(t, "its process died as it started (no slot claimed)") for t in lower
+                        if _CLAIM not in t.system_attrs]
+            for t, why in dead:
+                self.fail(t.number, why)
+            if not dead and all(_CLAIM in t.system_attrs for t in lower):
+                break
+            if not dead:
+                time.sleep(0.02)  # a concurrent trial between its creation and its claim: milliseconds
+        tally = _Tally(trials, before=trial.number)
+        surplus = n_trials is not None and tally.finished + tally.running >= n_trials
+        reference = None
+        if not surplus and "fixed_params" not in trial.system_attrs:  # an enqueued trial keeps its params
+            reference = next((r for r in references if r[0] not in tally.references), None)
+        trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, trial.number)
+        self.storage.set_trial_system_attr(trial_id, _CLAIM, {
+            "owner": self.owner, "slot": tally.slot, "reference": reference and reference[0], "surplus": surplus})
+        return _Ticket(trial.number, trial_id, tally.slot, reference, surplus)
+
+
+def _slot_sampler(session: _Session, seed: int, references: list, n_trials: int | None):
+    """A sampler that, as each trial starts, claims its slot and builds TPE seeded from it (or
+    hands out a reference setup's parameters)."""
+    import optuna
+
+    class SlotSampler(optuna.samplers.BaseSampler):
+        def __init__(self):
+            self.ticket: _Ticket | None = None
+            self._tpe = None
+
+        def before_trial(self, study, trial) -> None:
+            self.ticket = session.claim(study, trial, references, n_trials)
+            with warnings.catch_warnings():
+                # multivariate/group TPE is marked experimental, and is what a conditional space (each
+                # head has its own parameters) needs to model parameters jointly.
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                self._tpe = optuna.samplers.TPESampler(seed=derive(seed, "search", self.ticket.slot),
+                                                       multivariate=True, group=True, constant_liar=True)
+            self._tpe.before_trial(study, trial)
+
+        def infer_relative_search_space(self, study, trial):
+            return {} if self.ticket.reference else self._tpe.infer_relative_search_space(study, trial)
+
+        def sample_relative(self, study, trial, search_space):
+            return {} if self.ticket.reference else self._tpe.sample_relative(study, trial, search_space)
+
+        def sample_independent(self, study, trial, param_name, param_distribution):
+            if self.ticket.reference and param_name in self.ticket.reference[1]:
+                return self.ticket.reference[1][param_name]
+            return self._tpe.sample_independent(study, trial, param_name, param_distribution)
+
+        def after_trial(self, study, trial, state, values) -> None:
+            if self._tpe is not None:
+                self._tpe.after_trial(study, trial, state, values)
+
+        def reseed_rng(self) -> None:
+            pass  # the seeds come from the study's history
+
+    return SlotSampler()
+
+
+def _open_storage(url: str):
+    import optuna
+
+    kwargs = {"connect_args": {"timeout": _BUSY_S}} if url.startswith("sqlite") else {}
+    for attempt in range(_LOCK_TRIES):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_S,
+                                                  grace_period=GRACE_S)
+        except Exception as e:
+            # Processes opening a new database at once race to create its tables: the losers
+            # find them made ("already exists", or a duplicate schema-version row); look again.
+            if attempt == _LOCK_TRIES - 1 or not _chain_says(e, "already exists", "unique constraint", "duplicate"):
+                raise
+            time.sleep(0.05 * (attempt + 1))
+
+
+def _locked(error: BaseException) -> bool:
+    """A database lock held by another process (SQLite) or a deadlock (server databases)."""
+    return _chain_says(error, "locked", "deadlock", "database is busy")
+
+
+def _chain_says(error: BaseException | None, *phrases: str) -> bool:
+    """Whether ``error`` or an error it came from says one of ``phrases`` (lower case)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if any(phrase in str(error).lower() for phrase in phrases):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def abandoned(trial, session: str | None = None) -> str | None:
+    """Why a RUNNING ``trial``'s process is certainly gone, or None (alive, or another host's: the
+    heartbeat tells). ``session``: the calling search's, which runs none of the study's trials now."""
+    from automl._files import process_alive
+
+    claim = trial.system_attrs.get(_CLAIM)
+    if claim is None:
+        started = trial.datetime_start
+        if started is not None and (datetime.datetime.now() - started).total_seconds() > CLAIM_WAIT_S:
+            return "its process died as it started (no slot claimed)"
+        return None
+    owner = claim["owner"]
+    if owner.get("host") != _host():
+        return None
+    pid = owner["pid"]
+    if pid == os.getpid():
+        if owner.get("session") == session or owner.get("session") not in _LIVE_SESSIONS:
+            return f"its search in this process (pid {pid}) stopped"
+        return None
+    if not process_alive(pid):
+        return f"its process (pid {pid}) is gone"
+    if owner.get("started") is not None and _process_start(pid) != owner["started"]:
+        return f"its process (pid {pid}) is gone (the pid now names another process)"
+    return None
+
+
+@lru_cache(maxsize=1)
+def _host() -> str:
+    """This machine, and the process-id namespace, so pids compare only where they mean the same."""
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        namespace = ""
+    return f"{socket.gethostname()}|{namespace}"
+
+
+def _process_start(pid: int) -> str | None:
+    """When process ``pid`` started (Linux: clock ticks after boot), to tell a reused pid; None elsewhere."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
 
 
 def suggest(trial, extractors: Sequence[str], heads: Sequence[str]) -> Candidate:
@@ -226,18 +551,43 @@ def describe_trial(trial) -> str:
     return candidate_of(trial).describe()
 
 
-def _finished(study) -> int:
+def best_trial(study):
+    """The best COMPLETE trial, the lowest-numbered among equals (so every process sharing the study,
+    and a resumed search, names the same one); None when none completed."""
     import optuna
 
-    return sum(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-               for t in study.get_trials(deepcopy=False))
-
-
-def _best_or_none(study):
-    try:
-        return study.best_trial
-    except ValueError:
+    done = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+    if not done:
         return None
+    sign = -1 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1
+    return min(done, key=lambda t: (sign * t.value, t.number))
+
+
+def trial_counts(study) -> dict[str, int]:
+    """Trials per outcome, for the run record: ``complete``, ``pruned``, ``fail`` (the trial itself
+    failed), ``interrupted`` (its process died or was stopped; its slot ran again), ``running``
+    (another process's, still going). Surplus trials (started by a concurrent process after the
+    budget was taken, never run) and queued ones are left out."""
+    from optuna.trial import TrialState
+
+    counts: dict[str, int] = {}
+    for t in study.get_trials(deepcopy=False):
+        claim = t.system_attrs.get(_CLAIM) or {}
+        if t.state == TrialState.WAITING or claim.get("surplus"):
+            continue
+        if t.state == TrialState.FAIL:
+            kind = "fail" if _ERROR in t.system_attrs else "interrupted"
+        elif t.state == TrialState.RUNNING:
+            kind = "interrupted" if abandoned(t) else "running"
+        else:
+            kind = t.state.name.lower()
+        counts[kind] = counts.get(kind, 0) + 1
+    return counts
+
+
+def failure_reason(trial) -> str:
+    """A failed trial's error, as its objective raised it ('' for an interrupted one)."""
+    return trial.system_attrs.get(_ERROR, "")
 
 
 def leaderboard(study, top: int = 10) -> list[dict]:

@@ -13,7 +13,8 @@ Names are joined by ``:``, so ``derive(seed, "augment", 3, "order")`` is the str
                               now the seed as given, not ``derive(seed, "split")``, so the test split
                               stays where earlier versions put it
 ``folds``                     the cross-validation folds of the search (``search.run_search``)
-``search``                    the Optuna sampler
+``search:<slot>``             the Optuna sampler of a search's trial that has ``slot`` trials
+                              (finished, failed or running ahead of it) before it
 ``head``                      every head's ``random_state``, in the search and in the refit
 ``augment:real``              the stratified share of real images ``real_fraction`` keeps
 ``augment:sampler``           which training images a Stable Diffusion fine-tune sees (``random:N``)

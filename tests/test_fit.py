@@ -176,6 +176,7 @@ def test_killed_fit_resumes_its_study(tmp_path, shared):
     assert finished() == before + 2  # resumed: only two new trials ran
     record = json.loads(next((store / "runs").glob("*/run.json")).read_text())
     assert record["trials"]["complete"] + record["trials"].get("pruned", 0) == before + 2
+    assert "running" not in record["trials"]  # the killed process's trial counts as interrupted
     images, hits, computed = re.search(r"^inception-v3\s+(\d+)\s+(\d+)\s+(\d+)", done.stdout, re.M).groups()
     assert images == hits and computed == "0"  # the training embeddings were reused too
 
