@@ -24,8 +24,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 DECODE_VERSION = 1
 
-# Lower-case suffixes of the files a dataset folder may hold.
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+# Lower-case suffixes of the files a dataset folder may hold (a GIF or WebP animation: its first frame).
+# Files with other suffixes are listed as ignored by `automl inspect` and warned about by fit.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".pbm", ".pgm",
+                  ".ppm", ".pnm")
 
 # Decompression-bomb guard stays on, but at a size a whole-slide or large scan can still pass.
 Image.MAX_IMAGE_PIXELS = 400_000_000
@@ -123,4 +125,6 @@ def _over_black(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
 
 
 def _reason(exc: BaseException) -> str:
+    if isinstance(exc, UnidentifiedImageError):  # its text names our in-memory buffer, not the file
+        return "not an image format Pillow can identify (unknown format, or a damaged or truncated header)"
     return str(exc) or type(exc).__name__
