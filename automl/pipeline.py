@@ -152,12 +152,15 @@ def _preflight_stage(recipe, dataset: Dataset, store: Store, variants: Sequence)
 
 
 def _check_writable(*folders: Path) -> None:
-    """Each existing folder takes a new file (probed by writing one: permission bits say nothing for
-    root, read-only mounts or full disks)."""
+    """Each folder, where it exists, is a folder that takes a new file (probed by writing one: permission
+    bits say nothing for root or read-only mounts)."""
     from automl._files import temporary_sibling
     from automl.errors import StoreError
 
     for folder in folders:
+        if folder.exists() and not folder.is_dir():
+            raise StoreError(f"the store's {folder.name} folder {folder} is a file; move it away or pass another "
+                             "--store.")
         if not folder.is_dir():
             continue
         probe = temporary_sibling(folder / "write-probe")
