@@ -243,6 +243,8 @@ CASES = [
          ("no run 'nope'",)),
     Case("show-broken-run", lambda tmp, mp: ["show", _broken_run(tmp), "--store", tmp / "store"], 2,
          ("{store}/runs/260101-000000-dead/run.json", "store check --repair"), store_used=True),
+    Case("predict-broken-run", lambda tmp, mp: ["predict", _broken_run(tmp), data(tmp), "--store", tmp / "store"], 2,
+         ("{store}/runs/260101-000000-dead/run.json", "store check --repair"), store_used=True),
     Case("demo-data-into-a-full-folder", lambda tmp, mp: ["demo-data", data(tmp)], 2, ("{tmp}/data", "not empty")),
 ]
 
