@@ -8,7 +8,7 @@ commands that need them, so ``automl --help`` answers at once.
 
 from __future__ import annotations
 
-import json
+import codecs
 import sys
 from pathlib import Path
 from typing import Annotated, List, Optional
@@ -16,6 +16,7 @@ from typing import Annotated, List, Optional
 import typer
 
 from automl import __version__
+from automl._files import json_text
 from automl.augment.plan import AugmentSpec
 from automl.errors import AutomlError
 from automl.evaluate import METRICS
@@ -132,12 +133,12 @@ def embed(
     """Embed every image with the frozen extractors, reusing cached embeddings."""
     from automl.data import load_dataset
     from automl.pipeline import embed_dataset
-    from automl.report import embed_table, leak_note, skipped_files_text
+    from automl.report import dataset_notes, embed_table, skipped_files_text
     from automl.store import Store
 
     dataset = load_dataset(data, skip_bad=skip_bad)
-    if leak := leak_note(dataset):
-        typer.echo(f"warning: {leak}", err=True)
+    for note in dataset_notes(dataset, bad_files=False):
+        typer.echo(f"warning: {note}", err=True)
     if dataset.bad_files:
         typer.echo(skipped_files_text(dataset.bad_files), err=True)
     results = embed_dataset(  # resolves the names, the store's pretrained ones too
@@ -206,7 +207,7 @@ def inspect(
     from automl.report import dataset_summary, dataset_text
 
     summary = dataset_summary(load_dataset(data, skip_bad=skip_bad))
-    typer.echo(json.dumps(summary, indent=2) if as_json else dataset_text(summary))
+    typer.echo(json_text(summary) if as_json else dataset_text(summary))
 
 
 @app.command()
@@ -381,7 +382,7 @@ def predict(
     rows, bad = saved.predict_with_skipped(images, skip_bad=skip_bad, batch_size=batch_size, progress=progress)
     if as_json:
         for row in rows:
-            typer.echo(json.dumps(row))
+            typer.echo(json_text(row, indent=None))
     else:
         typer.echo(predict_table(rows))
     for b in bad:
@@ -396,8 +397,11 @@ def runs(store: StoreDir = None) -> None:
     from automl.store import Store
 
     runs_dir = Store(store).runs_dir
-    records = list_runs(runs_dir)
+    broken: list = []
+    records = list_runs(runs_dir, broken=broken)
     typer.echo(runs_table(records) if records else f"no runs in {runs_dir}")
+    for error in broken:  # the others are listed; each broken one is named, with the fix
+        typer.echo(f"warning: {error}", err=True)
 
 
 @app.command()
@@ -460,8 +464,24 @@ def demo_data(
     typer.echo(f"wrote {classes * per_class} digit images ({classes} classes) to {folder}/train and {folder}/test")
 
 
+def _show_bytes(error: UnicodeEncodeError) -> tuple[str, int]:
+    """An encoding error handler for the terminal: a file name's byte that is not UTF-8 (Python holds
+    it as a surrogate escape) prints as ``\\xNN``, anything else unprintable as its ``\\uNNNN`` escape,
+    instead of a crash."""
+    shown = [f"\\x{ord(c) - 0xDC00:02x}" if 0xDC80 <= ord(c) <= 0xDCFF
+             else c.encode("ascii", "backslashreplace").decode() for c in error.object[error.start:error.end]]
+    return "".join(shown), error.end
+
+
+_SHOW_BYTES = "automl-show-bytes"
+codecs.register_error(_SHOW_BYTES, _show_bytes)
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     """Console-script entry point: user errors become one ``error:`` line and a non-zero exit."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors=_SHOW_BYTES)
     try:
         app(args=argv, prog_name="automl")
     except AutomlError as exc:

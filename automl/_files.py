@@ -9,6 +9,8 @@ content at worst both write it.
 from __future__ import annotations
 
 import hashlib
+import json
+import math
 import os
 import shutil
 import uuid
@@ -58,6 +60,41 @@ def atomic_write(path: Path, write: Callable) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def write_json(path: Path, value, *, indent: int | None = 2, sort_keys: bool = False,
+               default: Callable | None = None) -> None:
+    """``value`` as strict JSON (RFC 8259), written atomically: every JSON file the project writes goes
+    through here (``json_text``)."""
+    atomic_write_text(path, json_text(value, indent=indent, sort_keys=sort_keys, default=default))
+
+
+def json_text(value, *, indent: int | None = 2, sort_keys: bool = False, default: Callable | None = None) -> str:
+    """``value`` as strict JSON text. NaN and +-inf become null (JSON has no such numbers, and Python's
+    bare ``NaN`` breaks every other reader); numpy scalars and arrays become their Python values;
+    ``default`` converts anything else, and without it anything else is a TypeError. ``allow_nan=False``
+    stays on behind the conversion, so a value that slips past it fails loudly instead of writing ``NaN``.
+
+    Text is ASCII: a file name that is not UTF-8 (a str with surrogate escapes) is written as ``\\udcXX``
+    escapes, which Python's ``json`` reads back to the same str (``os.fsencode`` gives the original bytes).
+    """
+    return json.dumps(_strict(value, default), indent=indent, sort_keys=sort_keys, allow_nan=False)
+
+
+def _strict(value, default: Callable | None):
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {(k if isinstance(k, str) else _strict(k, default)): _strict(v, default) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(v, default) for v in value]
+    if type(value).__module__ == "numpy" and hasattr(value, "tolist"):  # numpy scalars and arrays
+        return _strict(value.tolist(), default)
+    if default is not None:
+        return _strict(default(value), None)
+    raise TypeError(f"a {type(value).__name__} cannot be written as JSON: {value!r:.80}")
 
 
 @contextmanager

@@ -12,7 +12,6 @@ difference can be significant; the table says so instead of pretending.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from automl._files import write_json
 from automl.evaluate import COMPARED, metric_by_key, metric_by_name
 from automl.seeds import rng as stream_rng
 
@@ -73,7 +73,7 @@ def compare(recipe, *, progress: bool = True) -> Comparison:
     store.ensure()
     cid = new_run_id()
     folder = write_run(store.comparisons_dir, cid, {
-        "comparison.json": lambda p: p.write_text(json.dumps(record, indent=2, default=_nan_to_none)),
+        "comparison.json": lambda p: write_json(p, record),
         "table.txt": lambda p: p.write_text(text + "\n"),
     })
     record["id"] = cid
@@ -162,11 +162,3 @@ def _num(value) -> float:
 def _nanmedian(values: np.ndarray) -> float | None:
     values = values[~np.isnan(values)]
     return float(np.median(values)) if len(values) else None
-
-
-def _nan_to_none(v):
-    if isinstance(v, float) and math.isnan(v):
-        return None
-    if isinstance(v, (np.floating, np.integer)):
-        return v.item()
-    raise TypeError(f"not JSON serialisable: {type(v).__name__}")

@@ -126,6 +126,7 @@ class Dataset:
     bad_files: list[BadFile] = field(default_factory=list)
     ignored_files: list[str] = field(default_factory=list)
     split_note: str = "given"  # how the test split came to be
+    nonfinite: list[str] = field(default_factory=list)  # npz images holding NaN or infinite pixels
 
     def split(self, name: str) -> list[Item]:
         return [it for it in self.items if it.split == name]
@@ -424,7 +425,7 @@ def _load_npz(path: Path) -> Dataset:
     if len(values) < 2:
         raise DataError(f"{path}: train_labels holds a single class ({values}); need at least two.")
     index = {v: i for i, v in enumerate(values)}
-    items = []
+    items, nonfinite = [], []
     for split, (images, labels) in arrays.items():
         arr = images.get()
         h, w = arr.shape[1], arr.shape[2]
@@ -432,7 +433,20 @@ def _load_npz(path: Path) -> Dataset:
         for i, lab in enumerate(labels.tolist()):
             items.append(Item(f"{path}:{split}[{i}]", index[int(lab)], split, fingerprint_array(arr[i]),
                               w, h, mode, images, i))
-    return Dataset(str(path), "npz", [str(v) for v in values], items)
+        nonfinite += [f"{path}:{split}[{i}]" for i in _nonfinite_rows(arr)]
+    return Dataset(str(path), "npz", [str(v) for v in values], items, nonfinite=nonfinite)
+
+
+def _nonfinite_rows(arr: np.ndarray, block: int = 256) -> list[int]:
+    """Indices of the images of a float array that hold NaN or infinite pixels (read in blocks, so a
+    memory-mapped array is never copied whole)."""
+    if arr.dtype.kind not in "fc":
+        return []
+    out = []
+    for start in range(0, len(arr), block):
+        rows = np.asarray(arr[start:start + block]).reshape(min(block, len(arr) - start), -1)
+        out.extend((start + np.flatnonzero(~np.isfinite(rows).all(axis=1))).tolist())
+    return out
 
 
 def _npz_labels(path: Path, key: str) -> np.ndarray:

@@ -41,8 +41,10 @@ from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
 DECODE_VERSION = 1
 
-# Lower-case suffixes of the files a dataset folder may hold.
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+# Lower-case suffixes of the files a dataset folder may hold (a GIF or WebP animation: its first frame).
+# Files with other suffixes are listed as ignored by `automl inspect` and warned about by fit.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".pbm", ".pgm",
+                  ".ppm", ".pnm")
 
 # The most pixels an image may have at the scale it is decoded at: Pillow's own default
 # (``Image.MAX_IMAGE_PIXELS``, 1 GiB at 12 bytes a pixel; about 9,459 x 9,459). Pillow's global is
@@ -316,7 +318,6 @@ def _check_pixels(info: ImageInfo, decoded_pixels: int) -> None:
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, DecodeError):
         return str(exc)
-    if isinstance(exc, UnidentifiedImageError):
-        # Pillow's message shows the in-memory buffer's repr; the caller names the file.
-        return "not an image format Pillow can read (or the header is corrupt)"
+    if isinstance(exc, UnidentifiedImageError):  # its text names our in-memory buffer, not the file
+        return "not an image format Pillow can identify (unknown format, or a damaged or truncated header)"
     return str(exc) or type(exc).__name__

@@ -7,11 +7,8 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
-import math
 import os
 import platform
-import re
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -21,12 +18,14 @@ from typing import Sequence
 import numpy as np
 
 from automl import __version__
+from automl._files import write_json
 from automl.data import Dataset
 from automl.embed import EmbedResult, embed_items
 from automl.errors import AutomlError, ConfigError
 from automl.extractors import DEFAULT_IMAGE_SIZE, EXTRACTORS, Weights, build_extractor, resolve
 from automl.report import dataset_notes
 from automl.runs import BestPipeline, ModelBundle, RunRecord, new_run_id, write_run
+from automl.storage import redact
 from automl.store import Store
 
 
@@ -117,18 +116,61 @@ def fit_variants(recipe, variants: Sequence, *, progress: bool = True) -> list[F
                          test_fraction=recipe.test_fraction, seed=recipe.seed)
     store = Store(recipe.store)
     notes = dataset_notes(dataset)
-    if variants:
-        from automl.augment.generate import preflight
-
-        train = [it for it in dataset.items if it.split != "test"]
-        for spec in variants:  # a bad plan, a missing package or unreachable weights fail before any work
-            preflight(train, dataset.classes, spec, generated_dir=store.generated_dir, seed=recipe.seed)
+    _preflight_stage(recipe, dataset, store, variants)
     baseline = _fit_one(recipe.model_copy(update={"augment": None}), dataset, store, None, list(notes), progress)
     out = [baseline]
     for spec in variants:
         out.append(_fit_one(recipe.model_copy(update={"augment": [spec]}), dataset, store, spec, list(notes),
                             progress, baseline_id=baseline.run_id))
     return out
+
+
+def _preflight_stage(recipe, dataset: Dataset, store: Store, variants: Sequence) -> None:
+    """Every check that needs no embeddings, before any embedding or generation, so a fit that cannot
+    finish fails in seconds with the fix instead of after the work: the folds against the smallest
+    class, the extractors and weights, the storage URL (scheme, driver, SQLite folder and file, server),
+    each augmentation plan, then the store (created, or refused when not writable). Nothing is written
+    before the last of these; on a refusal the store holds nothing new but its stamp."""
+    from automl.search import check_cv
+    from automl.storage import check_storage
+
+    train = [it for it in dataset.items if it.split != "test"]
+    check_cv([it.label for it in train], recipe.cv, dataset.classes)  # cv_splits checks the embedded rows again
+    Extractors.resolve(recipe.extractors, store, weights=recipe.weights, image_size=recipe.image_size,
+                       precision=recipe.precision, seed=recipe.seed)
+    if recipe.storage:
+        check_storage(recipe.storage)
+    if variants:
+        from automl.augment.generate import preflight
+
+        for spec in variants:  # a bad plan, a missing package or unreachable weights fail before any work
+            preflight(train, dataset.classes, spec, generated_dir=store.generated_dir, seed=recipe.seed)
+    store.ensure()
+    _check_writable(store.root, store.runs_dir, store.embeddings_dir)
+    if not recipe.storage:
+        check_storage(store.optuna_url)  # the store's own study file: there, or a sound database
+
+
+def _check_writable(*folders: Path) -> None:
+    """Each folder, where it exists, is a folder that takes a new file (probed by writing one: permission
+    bits say nothing for root or read-only mounts)."""
+    from automl._files import temporary_sibling
+    from automl.errors import StoreError
+
+    for folder in folders:
+        if folder.exists() and not folder.is_dir():
+            raise StoreError(f"the store's {folder.name} folder {folder} is a file; move it away or pass another "
+                             "--store.")
+        if not folder.is_dir():
+            continue
+        probe = temporary_sibling(folder / "write-probe")
+        try:
+            probe.write_bytes(b"")
+        except OSError as exc:
+            raise StoreError(f"cannot write to the store folder {folder}: {exc.strerror or exc}. Make it writable "
+                             "or pass --store with a writable folder.") from None
+        finally:
+            probe.unlink(missing_ok=True)
 
 
 def _fit_one(recipe, dataset: Dataset, store: Store, spec, notes: list[str], progress: bool,
@@ -266,7 +308,7 @@ def _run_record(recipe, dataset: Dataset, data: SearchData, study, storage: str,
         best=BestPipeline(candidate.describe(), candidate.extractor, candidate.head, candidate.params, best.value,
                           best.number, best.user_attrs.get("fold_scores")),
         references=[r for r in leaderboard(study) if r["reference"]], trials=_trial_counts(study),
-        study={"name": study.study_name, "storage": _redact(storage)},
+        study={"name": study.study_name, "storage": redact(storage)},
         extractor_key=extractors.keys[candidate.extractor].to_dict(),
         test={k: v for k, v in evaluation.report.items() if k not in ("per_class", "confusion_matrix")},
         versions=library_versions())
@@ -280,11 +322,11 @@ def _save_stage(record: RunRecord, recipe, dataset: Dataset, data: SearchData, h
     bundle = ModelBundle(extractors.keys[candidate.extractor].to_dict(), extractors.settings["weights"].record(),
                          recipe.seed, candidate.head, head, dataset.classes, __version__, source=candidate.extractor)
     files = {
-        "run.json": lambda p: p.write_text(_json(record.to_dict())),
+        "run.json": lambda p: write_json(p, record.to_dict()),
         "recipe.yaml": lambda p: p.write_text(recipe_to_yaml(recipe)),
-        "split.json": lambda p: p.write_text(json.dumps(dataset.split_record(), indent=1)),
-        "metrics.json": lambda p: p.write_text(_json(evaluation.report)),
-        "leaderboard.json": lambda p: p.write_text(_json(_board(study))),
+        "split.json": lambda p: write_json(p, dataset.split_record(), indent=1),
+        "metrics.json": lambda p: write_json(p, evaluation.report),
+        "leaderboard.json": lambda p: write_json(p, _board(study)),
         "predictions.csv": lambda p: _write_predictions(p, evaluation.items, evaluation.proba, dataset.classes),
         **bundle.files(),  # model.json + model.npz: data only, loaded without running code
     }
@@ -299,10 +341,6 @@ def _board(study) -> list[dict]:
     from automl.search import leaderboard
 
     return leaderboard(study)
-
-
-def _json(value) -> str:
-    return json.dumps(value, indent=2, default=_json_default)
 
 
 def _embed(extractors: Extractors, items, name: str, store: Store, recipe, progress: bool) -> EmbedResult:
@@ -349,26 +387,15 @@ def _trial_counts(study) -> dict:
     return trial_counts(study)
 
 
-def _redact(url: str) -> str:
-    """Keep a database password out of run records."""
-    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
-
-
 def _write_predictions(path: Path, items, proba: np.ndarray, classes: list[str]) -> None:
-    with open(path, "w", newline="") as f:
+    # UTF-8, but a file name that is not UTF-8 keeps its bytes as they are on disk (surrogateescape):
+    # read it back with errors="surrogateescape" and the path opens the same file.
+    with open(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
         out = csv.writer(f)
         out.writerow(["path", "fingerprint", "true", "predicted"] + [f"p({c})" for c in classes])
         for it, p in zip(items, proba):
             out.writerow([it.path, it.fingerprint, classes[it.label], classes[int(p.argmax())]]
                          + [f"{v:.6f}" for v in p])
-
-
-def _json_default(v):
-    if isinstance(v, (np.floating, np.integer)):
-        return v.item()
-    if isinstance(v, float) and math.isnan(v):
-        return None
-    raise TypeError(f"not JSON serialisable: {type(v).__name__}")
 
 
 def library_versions() -> dict:

@@ -42,7 +42,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from automl import seeds
-from automl._files import atomic_path, atomic_write_text, content_digest, remove_stale_temporaries
+from automl._files import atomic_path, content_digest, remove_stale_temporaries, write_json
 from automl.data import Dataset, Item, fingerprint_array, load_dataset, stratified_holdout
 from automl.errors import ConfigError, DataError
 from automl.images import MemoryBudget
@@ -420,9 +420,9 @@ def _train(keras, models: _Models, settings: Settings, train: list[Item], val: l
             history["stopped_early"] = history["wait"] >= settings.patience
         last = _save_weights(model, checkpoint, f"last-{epoch + 1}")
         # state.json is the commit point: the files it names are complete before it is written.
-        atomic_write_text(checkpoint / "state.json", json.dumps(
-            {"version": CHECKPOINT_VERSION, "identity": identity, "epoch": epoch + 1, "last_file": last,
-             "history": history}, indent=1))
+        write_json(checkpoint / "state.json",
+                   {"version": CHECKPOINT_VERSION, "identity": identity, "epoch": epoch + 1, "last_file": last,
+                    "history": history}, indent=1)
         for old in checkpoint.glob("*.weights.h5"):
             if old.name not in (last, history["best_file"]):
                 old.unlink(missing_ok=True)
@@ -485,5 +485,5 @@ def _save(extractor, record: dict, root: Store, name: str) -> tuple[Path, Path]:
         extractor.save(str(tmp))
         record["model"]["content_hash"] = content_digest(tmp)
         record["versions"] = library_versions()
-    atomic_write_text(record_path, json.dumps(record, indent=2))
+    write_json(record_path, record)
     return model_path, record_path

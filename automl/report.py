@@ -60,6 +60,7 @@ def dataset_summary(ds) -> dict:
         "duplicate_groups": [[it.path for it in g] for g in ds.duplicates()],
         "train_test_duplicates": [[a.path, b.path] for a, b in ds.leaks()],
         "conflicting_labels": [[f"{it.path} ({ds.classes[it.label]})" for it in g] for g in ds.conflicts()],
+        "nonfinite_pixels": list(ds.nonfinite),
         "bad_files": [{"path": b.path, "reason": b.reason} for b in ds.bad_files],
         "ignored_files": ds.ignored_files,
     }
@@ -91,6 +92,9 @@ def dataset_text(s: dict) -> str:
         if s[key]:
             out.append(f"{title}: {len(s[key])}")
             out.extend("  " + " == ".join(p) for p in s[key])
+    if s["nonfinite_pixels"]:
+        out.append(f"images with NaN or infinite pixels: {len(s['nonfinite_pixels'])}")
+        out.extend(f"  {p}" for p in s["nonfinite_pixels"][:10])
     if s["bad_files"]:
         out.append(f"bad files (skipped): {len(s['bad_files'])}")
         out.extend(f"  {b['path']}: {b['reason']}" for b in s["bad_files"])
@@ -100,13 +104,32 @@ def dataset_text(s: dict) -> str:
     return "\n".join(out)
 
 
-def dataset_notes(ds) -> list[str]:
-    """What a fit warns about a loaded dataset: test images that also sit in train/val, and the
-    undecodable files left out (the first five named)."""
+def dataset_notes(ds, *, bad_files: bool = True) -> list[str]:
+    """What fit and embed warn about a loaded dataset (each names its first files; `automl inspect`
+    lists them all): test images that also sit in train/val, identical images under different
+    classes, npz images with NaN or infinite pixels, files ignored for their suffix, and (unless
+    ``bad_files`` is false: the caller lists them itself) the undecodable files left out."""
     notes = [leak] if (leak := leak_note(ds)) else []
-    if ds.bad_files:
-        notes.append(f"skipped {len(ds.bad_files)} undecodable file(s): " + ", ".join(b.path for b in ds.bad_files[:5]))
+    if conflicts := ds.conflicts():
+        first = " == ".join(f"{it.path} ({ds.classes[it.label]})" for it in conflicts[0])
+        notes.append(f"{len(conflicts)} image(s) are filed under two or more classes (identical content), e.g. "
+                     f"{first}; keep each under its one true class (`automl inspect` lists them).")
+    if ds.nonfinite:
+        notes.append(f"{len(ds.nonfinite)} image(s) hold NaN or infinite pixels, e.g. {_first(ds.nonfinite)}; they "
+                     "are read with NaN and -inf as the image's lowest value, +inf as its highest. Check the arrays.")
+    if ds.ignored_files:
+        from automl.images import IMAGE_SUFFIXES
+
+        notes.append(f"ignored {len(ds.ignored_files)} file(s) whose suffix is not an image format automl reads "
+                     f"({' '.join(IMAGE_SUFFIXES)}): {_first(ds.ignored_files)}; convert images among them (e.g. to "
+                     "PNG) to use them.")
+    if bad_files and ds.bad_files:
+        notes.append(f"skipped {len(ds.bad_files)} undecodable file(s): " + _first([b.path for b in ds.bad_files]))
     return notes
+
+
+def _first(paths: Sequence[str], n: int = 5) -> str:
+    return ", ".join(paths[:n]) + (f" and {len(paths) - n} more" if len(paths) > n else "")
 
 
 def leak_note(ds) -> str | None:

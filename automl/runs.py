@@ -41,15 +41,24 @@ def _refuse_existing_run(folder: Path) -> bool:
                      "if that folder was copied in by hand, move it away.")
 
 
-def list_runs(runs_dir: Path) -> list["RunRecord"]:
-    """Every run's record, oldest first (ids sort by time)."""
-    return [RunRecord.read(runs_dir / name) for name in _run_folders(runs_dir)]
+def list_runs(runs_dir: Path, *, broken: list | None = None) -> list["RunRecord"]:
+    """Every run's record, oldest first (ids sort by time). A record that cannot be read raises
+    ``StoreError``; with ``broken`` (a list) its error is appended there instead and the run left out."""
+    records = []
+    for folder in _run_folders(runs_dir):
+        try:
+            records.append(RunRecord.read(folder))
+        except StoreError as exc:
+            if broken is None:
+                raise
+            broken.append(exc)
+    return records
 
 
-def _run_folders(runs_dir: Path) -> list[str]:
+def _run_folders(runs_dir: Path) -> list[Path]:
     if not runs_dir.is_dir():
         return []
-    return [folder.name for folder in sorted(runs_dir.iterdir())
+    return [folder for folder in sorted(runs_dir.iterdir())
             if not folder.name.startswith(".") and (folder / "run.json").is_file()]
 
 
@@ -72,7 +81,7 @@ def find_run(runs_dir: Path, ref: str, *, run_dir: bool = False) -> Path:
             return runs_dir / path.name
         raise StoreError(_outside_the_store(ref, path, runs_dir))
     # Folder names, not the ids inside run.json: a record naming another id never leads out of runs/.
-    ids = _run_folders(runs_dir)
+    ids = [folder.name for folder in _run_folders(runs_dir)]
     matches = [i for i in ids if i.startswith(ref)]
     if len(matches) == 1:
         return runs_dir / matches[0]
@@ -157,9 +166,9 @@ class RunRecord:
         path = Path(folder) / "run.json"
         try:
             return cls.from_dict(json.loads(path.read_text()))
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise StoreError(f"cannot read the run record {path}: {exc}. Remove that run folder or restore it.") \
-                from exc
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise StoreError(f"cannot read the run record {path}: {exc}. Restore that file, or move the broken run "
+                             "aside with `automl store check --repair`.") from exc
 
 
 BUNDLE_FILES = ("model.json", "model.npz")

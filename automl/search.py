@@ -71,14 +71,7 @@ def cv_splits(y: np.ndarray, cv: int, seed: int, groups: np.ndarray | None = Non
     real = np.ones(len(y), bool) if synthetic is None else ~synthetic.mask(len(y))
     real_rows = np.flatnonzero(real)
     y_real = y[real_rows]
-    counts = np.bincount(y_real)
-    if counts[counts > 0].min() < cv:
-        from automl.errors import DataError
-
-        raise DataError(
-            f"{cv}-fold cross-validation needs at least {cv} real training images per class; the smallest class "
-            f"has {counts[counts > 0].min()}. Lower --cv or add images."
-        )
+    check_cv(y_real, cv)
     if groups is None:
         splitter = StratifiedKFold(n_splits=cv, shuffle=True, random_state=seed)
         folds = list(splitter.split(np.zeros(len(y_real)), y_real))
@@ -95,6 +88,23 @@ def cv_splits(y: np.ndarray, cv: int, seed: int, groups: np.ndarray | None = Non
         train_side = np.concatenate([tr if synthetic.train_real else tr[:0], np.asarray(extra, dtype=tr.dtype)])
         out.append((np.sort(train_side), va))
     return out
+
+
+def check_cv(labels, cv: int, classes: Sequence[str] | None = None) -> None:
+    """Refuse ``cv`` folds when a class has fewer than ``cv`` real training images (``labels``: their
+    class indices; ``classes`` names them in the message). The fit runs it before any embedding, on
+    the dataset's counts, and ``cv_splits`` again on the rows that were embedded."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64))
+    present = np.flatnonzero(counts)
+    smallest = int(present[np.argmin(counts[present])])
+    n = int(counts[smallest])
+    if n < cv:
+        from automl.errors import DataError
+
+        name = repr(classes[smallest]) if classes is not None else str(smallest)
+        fix = f"Pass --cv {n} (cv: {n} in a recipe) or add images." if n >= 2 else "Add images to that class."
+        raise DataError(f"{cv}-fold cross-validation needs at least {cv} real training images per class; the "
+                        f"smallest class has {n} (class {name}). {fix}")
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 import statistics
 import time
@@ -38,7 +37,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from automl.augment.base import Augmenter, image_seed, register
-from automl._files import atomic_write, remove_stale_temporaries
+from automl._files import atomic_write, remove_stale_temporaries, write_json
 from automl.errors import ConfigError
 from automl.params import Interval, Options
 
@@ -213,7 +212,7 @@ class DCGAN(Augmenter):
         summary = {**config, "class": class_name, "epochs_done": p["epochs"], "steps": p["epochs"] * steps_per_epoch,
                    "seconds": round(seconds, 2), "images_per_second": round(p["epochs"] * n / max(seconds, 1e-9), 1),
                    "resumed_from_epoch": start_epoch, "device": str(device), "history": history}
-        atomic_write(folder / "training.json", lambda f: f.write(json.dumps(summary, indent=1).encode()))
+        write_json(folder / "training.json", summary, indent=1)
         checkpoint.unlink(missing_ok=True)
         _save_grid(generator, folder / "samples.png", seed, label, device)
         del discriminator, opt_d, opt_g

@@ -26,7 +26,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from automl import seeds
-from automl._files import atomic_write
+from automl._files import atomic_write, write_json
 from automl.augment.base import Augmenter, build_augmenter
 from automl.augment.plan import AugmentSpec, plan_counts, reduce_real
 from automl.data import Item, fingerprint_bytes
@@ -172,10 +172,10 @@ def _write_key(out_dir: Path, augmenter: Augmenter, real: Sequence[Item], seed: 
     meta = out_dir / "key.json"
     if meta.exists():
         return
-    atomic_write(meta, lambda f: f.write(json.dumps({
+    write_json(meta, {
         "augmenter": augmenter.name, "params": augmenter.params, "seed": seed, "train_images": len(real),
         "key_version": KEY_VERSION,
-    }, indent=2, sort_keys=True, default=str).encode()))
+    }, sort_keys=True, default=str)
 
 
 def _save(folder: Path, k: int, image: np.ndarray, class_name: str, label: int, augmenter: Augmenter, seed: int,
@@ -197,8 +197,7 @@ def _save(folder: Path, k: int, image: np.ndarray, class_name: str, label: int, 
         "width": int(image.shape[1]), "height": int(image.shape[0]),
         "sources": [] if source is None else [{"path": source.path, "fingerprint": source.fingerprint}],
     }
-    atomic_write(folder / f"{k:06d}.json",
-                 lambda f: f.write(json.dumps(record, indent=1, default=str).encode()))
+    write_json(folder / f"{k:06d}.json", record, indent=1, default=str)
 
 
 def sample_grid(items: Sequence[Item], classes: Sequence[str], path: Path, per_class: int = 8, size: int = 64) -> None:

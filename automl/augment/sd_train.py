@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from automl import seeds
-from automl._files import atomic_folder, atomic_write
+from automl._files import atomic_folder, atomic_write, write_json
 from automl.augment.sd_common import (estimate, image_seed, inference_dtype, is_sdxl, load_pipeline, quiet_loading,
                                       release, run_pipeline, training_precision, warn_cpu)
 
@@ -47,7 +47,7 @@ def save_atomic(final: Path, write: Callable[[Path], None], meta: dict) -> None:
     finished the same fit first) is kept; an incomplete one is replaced."""
     with atomic_folder(final, replace=lambda existing: not is_done(existing)) as tmp:
         write(tmp)
-        (tmp / DONE).write_text(json.dumps(meta, indent=1, sort_keys=True, default=str))
+        write_json(tmp / DONE, meta, indent=1, sort_keys=True, default=str)
 
 
 # ---------------------------------------------------------------- prior-preservation class images

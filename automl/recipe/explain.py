@@ -257,7 +257,10 @@ def _explain_one(err: dict, loc: tuple, fields: Fields, flags: bool) -> str:
     found = _show(err.get("input"))
     if kind == "value_error":
         return f"{path}: {str(err['msg']).removeprefix('Value error, ')}."
-    if kind == "bad_extractor":
+    if kind == "string_unicode":  # a str holding surrogate escapes: a path with a name that is not UTF-8
+        return (f"{path}: found {found}, which holds bytes that are not UTF-8 (shown as \\udcNN); a recipe "
+                "value must be text. Fix: rename that file or folder with UTF-8 characters only.")
+    if kind in ("bad_extractor", "bad_storage"):
         return f"{path}: {ctx['problem']}"
     if kind == "unknown_name":
         hint = f" Did you mean {ctx['suggestion']!r}?" if ctx.get("suggestion") else ""

@@ -27,6 +27,7 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr
 from pydantic_core import PydanticCustomError
 
 from automl.augment.plan import AugmentSpec
+from automl.errors import ConfigError
 from automl.evaluate import METRICS
 from automl.extractors import DEFAULT_IMAGE_SIZE, MIN_IMAGE_SIZE, PRECISIONS, Weights, resolve
 from automl.recipe.explain import RecipeError, explain, unknown_key_line
@@ -34,6 +35,7 @@ from automl.recipe.fields import (CommaList, ExtractorName, HeadName, augment_sh
                                   resolve_path)
 from automl.recipe.fields import unknown as _unknown
 from automl.registry import canonical
+from automl.storage import dialect_of
 
 # The published study's three backbones, in its order (also the order runs report them in).
 DEFAULT_EXTRACTORS = ("inception-resnet-v2", "xception", "inception-v3")
@@ -154,6 +156,11 @@ class Recipe(BaseModel):
     def _storage_url(cls, value: Optional[str]) -> Optional[str]:
         if value is not None and "://" not in value:
             raise PydanticCustomError("storage_url", "not a database URL", {})
+        if value is not None:
+            try:  # the scheme here, so `automl validate` catches it; drivers and files before the fit's work
+                dialect_of(value)
+            except ConfigError as exc:
+                raise PydanticCustomError("bad_storage", "{problem}", {"problem": str(exc)}) from None
         return value
 
     @model_validator(mode="after")
