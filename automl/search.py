@@ -496,15 +496,20 @@ def _chain_says(error: BaseException | None, *phrases: str) -> bool:
 def abandoned(trial, session: str | None = None) -> str | None:
     """Why a RUNNING ``trial``'s process is certainly gone, or None (alive, or another host's: the
     heartbeat tells). ``session``: the calling search's, which runs none of the study's trials now."""
-    from automl._files import process_alive
-
     claim = trial.system_attrs.get(_CLAIM)
     if claim is None:
         started = trial.datetime_start
         if started is not None and (datetime.datetime.now() - started).total_seconds() > CLAIM_WAIT_S:
             return "its process died as it started (no slot claimed)"
         return None
-    owner = claim["owner"]
+    return owner_gone(claim["owner"], session)
+
+
+def owner_gone(owner: dict, session: str | None = None) -> str | None:
+    """Why the process a trial's claim names (``{"host", "pid", "started", "session"}``) is certainly
+    gone, or None (alive, or on another host, where only the heartbeat tells)."""
+    from automl._files import process_alive
+
     if owner.get("host") != _host():
         return None
     pid = owner["pid"]

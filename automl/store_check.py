@@ -35,6 +35,7 @@ from automl._files import TMP_PREFIX, file_digest, process_alive, remove_stale_t
 from automl.cache import DAMAGED, EmbeddingCache
 from automl.errors import StoreError
 from automl.runs import BUNDLE_FILES, LEGACY_BUNDLE, RunRecord
+from automl.search import owner_gone
 from automl.store import STORE_VERSION, Store
 
 BROKEN = ".broken"  # where run and comparison folders that cannot be used go (dot names are never listed)
@@ -338,8 +339,11 @@ def _running_trials(con: sqlite3.Connection, tables: set[str]) -> list[tuple[int
                     except ValueError:
                         pass
         stale = None
+        claim = attrs.get("claim")  # automl.search's record of the process that runs the trial
         pid, host = attrs.get("pid"), attrs.get("host", attrs.get("hostname"))
-        if isinstance(pid, int) and host in (None, socket.gethostname()) and not process_alive(pid):
+        if isinstance(claim, dict) and isinstance(claim.get("owner"), dict):
+            stale = owner_gone(claim["owner"])
+        elif isinstance(pid, int) and host in (None, socket.gethostname()) and not process_alive(pid):
             stale = f"its process {pid} no longer runs"
         if stale is None and "trial_heartbeats" in tables:
             age = con.execute("SELECT (julianday('now') - julianday(heartbeat)) * 86400 FROM trial_heartbeats "

@@ -184,6 +184,25 @@ def test_a_running_trial_with_no_owner_is_a_note_not_a_problem(clean_store):
     assert result.ok and any("1 RUNNING trial(s)" in n for n in result.notes)
 
 
+def test_a_trial_claimed_by_a_dead_search_is_a_problem_and_repaired(clean_store):
+    # The claim automl.search records as a trial starts names its process: a dead one is found and failed.
+    import optuna
+
+    from automl import search
+
+    study = optuna.create_study(storage=clean_store.optuna_url, study_name="s", load_if_exists=True)
+    trial = study.ask()
+    owner = {"host": search._host(), "pid": _dead_pid(), "started": None, "session": "gone"}
+    storage = optuna.storages.RDBStorage(clean_store.optuna_url)
+    trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name("s"), trial.number)
+    storage.set_trial_system_attr(trial_id, "automl:claim", {"owner": owner, "slot": 2})
+    result = check_store(clean_store)
+    assert not result.ok and any("is gone" in p.what for p in result.problems)
+    check_store(clean_store, repair=True)
+    assert check_store(clean_store).ok
+    assert study.trials[trial.number].state == optuna.trial.TrialState.FAIL
+
+
 def test_a_run_of_automl_0_1_is_a_note_with_its_refit_not_a_problem(clean_store):
     old = _run(clean_store, "250101-000000-0000")
     for name in BUNDLE_FILES:
