@@ -82,7 +82,6 @@ class FitResult:
     run_id: str
     run_dir: Path
     record: RunRecord  # what run.json holds
-    leaderboard: list[dict]
     embeddings: list[EmbedResult] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # warnings worth showing the user
     baseline: "FitResult | None" = None  # with --augment: the original-data run it is compared with
@@ -116,28 +115,30 @@ def fit_variants(recipe, variants: Sequence, *, progress: bool = True) -> list[F
                          test_fraction=recipe.test_fraction, seed=recipe.seed)
     store = Store(recipe.store)
     notes = dataset_notes(dataset)
-    _preflight_stage(recipe, dataset, store, variants)
-    baseline = _fit_one(recipe.model_copy(update={"augment": None}), dataset, store, None, list(notes), progress)
+    extractors = _preflight_stage(recipe, dataset, store, variants)
+    baseline = _fit_one(recipe.model_copy(update={"augment": None}), dataset, store, extractors, None, list(notes),
+                        progress)
     out = [baseline]
     for spec in variants:
-        out.append(_fit_one(recipe.model_copy(update={"augment": [spec]}), dataset, store, spec, list(notes),
-                            progress, baseline_id=baseline.run_id))
+        out.append(_fit_one(recipe.model_copy(update={"augment": [spec]}), dataset, store, extractors, spec,
+                            list(notes), progress, baseline_id=baseline.run_id))
     return out
 
 
-def _preflight_stage(recipe, dataset: Dataset, store: Store, variants: Sequence) -> None:
+def _preflight_stage(recipe, dataset: Dataset, store: Store, variants: Sequence) -> "Extractors":
     """Every check that needs no embeddings, before any embedding or generation, so a fit that cannot
     finish fails in seconds with the fix instead of after the work: the folds against the smallest
     class, the extractors and weights, the storage URL (scheme, driver, SQLite folder and file, server),
     each augmentation plan, then the store (created, or refused when not writable). Nothing is written
-    before the last of these; on a refusal the store holds nothing new but its stamp."""
+    before the last of these; on a refusal the store holds nothing new but its stamp. Returns the
+    extractors, resolved here once for the baseline and every variant."""
     from automl.search import check_cv
     from automl.storage import check_storage
 
     train = [it for it in dataset.items if it.split != "test"]
     check_cv([it.label for it in train], recipe.cv, dataset.classes)  # cv_splits checks the embedded rows again
-    Extractors.resolve(recipe.extractors, store, weights=recipe.weights, image_size=recipe.image_size,
-                       precision=recipe.precision, seed=recipe.seed)
+    extractors = Extractors.resolve(recipe.extractors, store, weights=recipe.weights, image_size=recipe.image_size,
+                                    precision=recipe.precision, seed=recipe.seed)
     if recipe.storage:
         check_storage(recipe.storage)
     if variants:
@@ -149,6 +150,7 @@ def _preflight_stage(recipe, dataset: Dataset, store: Store, variants: Sequence)
     _check_writable(store.root, store.runs_dir, store.embeddings_dir)
     if not recipe.storage:
         check_storage(store.optuna_url)  # the store's own study file: there, or a sound database
+    return extractors
 
 
 def _check_writable(*folders: Path) -> None:
@@ -173,23 +175,24 @@ def _check_writable(*folders: Path) -> None:
             probe.unlink(missing_ok=True)
 
 
-def _fit_one(recipe, dataset: Dataset, store: Store, spec, notes: list[str], progress: bool,
+def _fit_one(recipe, dataset: Dataset, store: Store, extractors: Extractors, spec, notes: list[str], progress: bool,
              baseline_id: str | None = None) -> FitResult:
-    """One run, as named stages: augment (train split only), embed, search, refit, evaluate, save."""
-    extractors = Extractors.resolve(recipe.extractors, store, weights=recipe.weights, image_size=recipe.image_size,
-                                    precision=recipe.precision, seed=recipe.seed)
+    """One run, as named stages: augment (train split only), embed, search, refit, evaluate, save.
+    ``extractors``: the recipe's, resolved once by the preflight (the variants share them)."""
     train, synthetic = _augment_stage(recipe, dataset, store, spec, progress)
     data = _embed_stage(train, synthetic, extractors, store, recipe, progress)
     study, storage = _search_stage(data, extractors, store, recipe, progress)
-    best = _best_trial(study)
-    from automl.search import candidate_of
+    from automl.search import candidate_of, leaderboard
 
+    best = _best_trial(study)
     candidate = candidate_of(best)
     head = _refit_stage(candidate, data, recipe, notes)
     evaluation = _evaluate_stage(head, candidate, dataset, extractors, store, recipe, progress)
-    record = _run_record(recipe, dataset, data, study, storage, best, candidate, extractors, evaluation, baseline_id)
-    run_dir = _save_stage(record, recipe, dataset, data, head, candidate, extractors, evaluation, study, store)
-    return FitResult(record.id, run_dir, record, _board(study), data.embedded + [evaluation.embedded], notes)
+    board = leaderboard(study)  # read once: the record's references and leaderboard.json agree
+    record = _run_record(recipe, dataset, data, study, storage, best, candidate, extractors, evaluation, board,
+                         baseline_id)
+    run_dir = _save_stage(record, recipe, dataset, data, head, candidate, extractors, evaluation, board, store)
+    return FitResult(record.id, run_dir, record, data.embedded + [evaluation.embedded], notes)
 
 
 def _augment_stage(recipe, dataset: Dataset, store: Store, spec, progress: bool):
@@ -295,9 +298,8 @@ def _evaluate_stage(head, candidate, dataset: Dataset, extractors: Extractors, s
 
 
 def _run_record(recipe, dataset: Dataset, data: SearchData, study, storage: str, best, candidate,
-                extractors: Extractors, evaluation: Evaluation, baseline_id: str | None) -> RunRecord:
-    from automl.search import leaderboard
-
+                extractors: Extractors, evaluation: Evaluation, board: list[dict],
+                baseline_id: str | None) -> RunRecord:
     return RunRecord(
         id=new_run_id(), created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), name=recipe.name, data=str(dataset.root),
         layout=dataset.layout, classes=dataset.classes, counts=dataset.counts(), split=dataset.split_note,
@@ -307,7 +309,7 @@ def _run_record(recipe, dataset: Dataset, data: SearchData, study, storage: str,
                       "fitted_on": int(len(data.fit_rows()))},
         best=BestPipeline(candidate.describe(), candidate.extractor, candidate.head, candidate.params, best.value,
                           best.number, best.user_attrs.get("fold_scores")),
-        references=[r for r in leaderboard(study) if r["reference"]], trials=_trial_counts(study),
+        references=[r for r in board if r["reference"]], trials=_trial_counts(study),
         study={"name": study.study_name, "storage": redact(storage)},
         extractor_key=extractors.keys[candidate.extractor].to_dict(),
         test={k: v for k, v in evaluation.report.items() if k not in ("per_class", "confusion_matrix")},
@@ -315,7 +317,7 @@ def _run_record(recipe, dataset: Dataset, data: SearchData, study, storage: str,
 
 
 def _save_stage(record: RunRecord, recipe, dataset: Dataset, data: SearchData, head, candidate,
-                extractors: Extractors, evaluation: Evaluation, study, store: Store) -> Path:
+                extractors: Extractors, evaluation: Evaluation, board: list[dict], store: Store) -> Path:
     """The run folder, written all or nothing: record, recipe, split, metrics, leaderboard, predictions, model."""
     from automl.recipe import recipe_to_yaml
 
@@ -326,7 +328,7 @@ def _save_stage(record: RunRecord, recipe, dataset: Dataset, data: SearchData, h
         "recipe.yaml": lambda p: p.write_text(recipe_to_yaml(recipe)),
         "split.json": lambda p: write_json(p, dataset.split_record(), indent=1),
         "metrics.json": lambda p: write_json(p, evaluation.report),
-        "leaderboard.json": lambda p: write_json(p, _board(study)),
+        "leaderboard.json": lambda p: write_json(p, board),
         "predictions.csv": lambda p: _write_predictions(p, evaluation.items, evaluation.proba, dataset.classes),
         **bundle.files(),  # model.json + model.npz: data only, loaded without running code
     }
@@ -335,12 +337,6 @@ def _save_stage(record: RunRecord, recipe, dataset: Dataset, data: SearchData, h
 
         files["samples.png"] = lambda p: sample_grid(data.synthetic.items, dataset.classes, p)
     return write_run(store.runs_dir, record.id, files)
-
-
-def _board(study) -> list[dict]:
-    from automl.search import leaderboard
-
-    return leaderboard(study)
 
 
 def _embed(extractors: Extractors, items, name: str, store: Store, recipe, progress: bool) -> EmbedResult:
