@@ -37,6 +37,10 @@ class Head(ClassifierMixin, BaseEstimator):
     # Every class a fitted head's attributes hold, however deep: a model bundle saves and rebuilds
     # instances of these (and of the head) only; a subclass adds its own to these.
     state_types: ClassVar[tuple[type, ...]] = (StandardScaler,)
+    # Whether the search may fit several folds of this head at once in threads: its fit releases the
+    # GIL, runs on one core, and touches no process-wide state (Keras's global seed and dtype policy
+    # do not qualify: the ffnn head says False and uses TensorFlow's own threads instead).
+    parallel_fits: ClassVar[bool] = True
 
     @staticmethod
     def search_space(trial) -> dict:
@@ -78,6 +82,17 @@ class Head(ClassifierMixin, BaseEstimator):
         check_is_fitted(self)
         X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
         return self.scaler_.transform(X)
+
+    def fit_scores(self, X, y):
+        """Fit for ``decision_scores`` only, as the search's folds do: a head whose probabilities need
+        an extra fit (the SVCs' Platt calibration) skips it here; the refit calls ``fit``."""
+        return self.fit(X, y)
+
+    def decision_scores(self, X) -> np.ndarray:
+        """Per-class scores, one column per class of ``classes_``: the argmax is the predicted class
+        and each column orders the rows as that class's probability would (rank metrics read them).
+        Valid after ``fit`` or ``fit_scores``; by default the probabilities themselves."""
+        return self.predict_proba(X)
 
     def predict(self, X) -> np.ndarray:
         # Argmax of the (calibrated) probabilities, so predict and predict_proba never disagree.
