@@ -27,11 +27,19 @@ class Metric:
     compute: Callable[[np.ndarray, np.ndarray, int], float]  # (y_true, proba or labels, n_classes)
     needs_proba: bool = False  # reads class probabilities; else the predicted labels
     higher_is_better: bool = True
+    # Reads only how each class's column orders the rows (AUROC): decision values score it exactly as
+    # the probabilities of a monotone calibration of them do, so the search needs no calibration for it.
+    ranks: bool = False
 
     def __call__(self, y_true: np.ndarray, proba: np.ndarray) -> float:
         """The metric of ``proba`` (columns: class indices 0..K-1) against ``y_true``."""
         values = proba if self.needs_proba else proba.argmax(axis=1)
         return float(self.compute(y_true, values, proba.shape[1]))
+
+    @property
+    def reads_scores(self) -> bool:
+        """Whether per-class decision scores do instead of calibrated probabilities: label and rank metrics."""
+        return not self.needs_proba or self.ranks
 
     @property
     def direction(self) -> str:
@@ -40,15 +48,16 @@ class Metric:
 
 
 def _auroc(y_true, proba, n_classes) -> float:
-    """Binary: of the second class's probability; multi-class: one-vs-rest, macro-averaged.
-    NaN when a class is absent from ``y_true`` (the score is undefined, not zero)."""
+    """Binary: of the second class's column; multi-class: one-vs-rest, macro-averaged — scikit-learn's
+    ``multi_class="ovr"``, computed per column so that decision values (which need not sum to 1) score
+    too. NaN when a class is absent from ``y_true`` (the score is undefined, not zero)."""
     from sklearn import metrics as skm
 
     if len(np.unique(y_true)) < n_classes:
         return float("nan")
     if n_classes == 2:
         return float(skm.roc_auc_score(y_true, proba[:, 1]))
-    return float(skm.roc_auc_score(y_true, proba, multi_class="ovr", average="macro", labels=np.arange(n_classes)))
+    return float(np.mean([skm.roc_auc_score(y_true == k, proba[:, k]) for k in range(n_classes)]))
 
 
 def _accuracy(y_true, pred, n_classes) -> float:
@@ -91,7 +100,7 @@ METRIC_TABLE = (
     Metric("macro-precision", "precision_macro", "precision (macro)", "precision", _macro("precision")),
     Metric("macro-recall", "recall_macro", "recall (macro)", "recall", _macro("recall")),
     Metric("macro-f1", "f1_macro", "F1 (macro)", "F1", _macro("f1")),
-    Metric("roc-auc", "auroc", "AUROC", "AUROC", _auroc, needs_proba=True),
+    Metric("roc-auc", "auroc", "AUROC", "AUROC", _auroc, needs_proba=True, ranks=True),
     Metric("log-loss", "log_loss", "log loss", "log loss", _log_loss, needs_proba=True, higher_is_better=False),
 )
 _BY_NAME = {m.name: m for m in METRIC_TABLE}
@@ -126,11 +135,22 @@ def score(name: str, y_true: np.ndarray, proba: np.ndarray) -> float:
 
 def full_proba(model, X: np.ndarray, n_classes: int) -> np.ndarray:
     """predict_proba with one column per class index 0..K-1, also when training lacked a class."""
-    proba = model.predict_proba(X)
-    if proba.shape[1] == n_classes:
-        return proba
-    full = np.zeros((len(X), n_classes))
-    full[:, np.asarray(model.classes_, dtype=int)] = proba
+    return _full_columns(model.predict_proba(X), model.classes_, n_classes, fill=0.0)
+
+
+def full_scores(model, X: np.ndarray, n_classes: int) -> np.ndarray:
+    """``decision_scores`` with one column per class index 0..K-1; a class training lacked scores
+    below every other (it is never predicted, and ranks its rows last)."""
+    scores = model.decision_scores(X)
+    fill = float(np.min(scores)) - 1.0 if scores.size else 0.0
+    return _full_columns(scores, model.classes_, n_classes, fill=fill)
+
+
+def _full_columns(values: np.ndarray, classes, n_classes: int, fill: float) -> np.ndarray:
+    if values.shape[1] == n_classes:
+        return values
+    full = np.full((len(values), n_classes), fill)
+    full[:, np.asarray(classes, dtype=int)] = values
     return full
 
 

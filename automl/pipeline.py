@@ -181,7 +181,7 @@ def _fit_one(recipe, dataset: Dataset, store: Store, extractors: Extractors, spe
     ``extractors``: the recipe's, resolved once by the preflight (the variants share them)."""
     train, synthetic = _augment_stage(recipe, dataset, store, spec, progress)
     data = _embed_stage(train, synthetic, extractors, store, recipe, progress)
-    study, storage = _search_stage(data, extractors, store, recipe, progress)
+    study, storage = _search_stage(data, extractors, store, recipe, notes, progress)
     from automl.search import candidate_of, leaderboard
 
     best = _best_trial(study)
@@ -251,14 +251,21 @@ def _embed_stage(train: list, synthetic, extractors: Extractors, store: Store, r
     return SearchData(train, kept, features, y, groups, rows, synthetic, list(embedded.values()))
 
 
-def _search_stage(data: SearchData, extractors: Extractors, store: Store, recipe, progress: bool):
-    from automl.search import run_search, study_name
+def _search_stage(data: SearchData, extractors: Extractors, store: Store, recipe, notes: list[str], progress: bool):
+    from automl.search import LARGE_N, heads_for, run_search, study_name
 
     store.ensure()  # SQLite needs the folder
     storage = recipe.storage or store.optuna_url
+    n_real = len(data.y) - data.n_synthetic()
+    heads = heads_for(recipe.heads, n_real, explicit="heads" in recipe.model_fields_set)
+    added = [h for h in heads if h not in recipe.heads]
+    if added:
+        notes.append(f"{n_real} real training images (more than {LARGE_N:,}): the search also tried "
+                     f"{', '.join(added)}, which scales linearly with the image count; the leaderboard shows "
+                     "what won. Name the heads (--heads) to search only those.")
     name = study_name(_fingerprint(data.items, data.kept, data.synthetic), [k.slug() for k in extractors.keys.values()],
-                      list(recipe.heads), recipe.metric, recipe.cv, recipe.seed)
-    study = run_search(data.features, data.y, heads=list(recipe.heads), metric=recipe.metric, cv=recipe.cv,
+                      heads, recipe.metric, recipe.cv, recipe.seed)
+    study = run_search(data.features, data.y, heads=heads, metric=recipe.metric, cv=recipe.cv,
                        seed=recipe.seed, storage=storage, name=name, n_trials=recipe.trials, timeout=recipe.timeout,
                        groups=data.groups, synthetic=data.synthetic_rows, progress=progress)
     return study, storage
@@ -353,9 +360,10 @@ def _fingerprint(items, kept: list[int], synthetic=None) -> str:
     """What the search's data is: every row's image and label, which rows are synthetic and how they
     mix, and the fold scheme (v2: identical images grouped; v3: folds, sampler and heads seeded from named
     streams; v4: the sampler seeded per trial from the study's history, reference setups claimed by
-    slot), so a changed scheme never resumes an old study."""
+    slot; v5: folds scored from decision values, in stages with data rungs), so a changed scheme never
+    resumes an old study."""
     h = hashlib.blake2b(digest_size=12)
-    h.update(b"folds:v4;")
+    h.update(b"folds:v5;")
     if synthetic is not None:
         h.update(f"mix:{synthetic.record['mix']};real:{len(synthetic.real)};".encode())
     for i in kept:

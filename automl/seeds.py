@@ -13,6 +13,8 @@ Names are joined by ``:``, so ``derive(seed, "augment", 3, "order")`` is the str
                               now the seed as given, not ``derive(seed, "split")``, so the test split
                               stays where earlier versions put it
 ``folds``                     the cross-validation folds of the search (``search.run_search``)
+``rung:<fold>:<rows>``        the stratified subsample of ``rows`` training rows of fold ``fold`` that a
+                              search's trials are first scored on (successive halving over data size)
 ``search:<slot>``             the Optuna sampler of a search's trial that has ``slot`` trials
                               (finished, failed or running ahead of it) before it
 ``head``                      every head's ``random_state``, in the search and in the refit

@@ -35,7 +35,7 @@ import automl.search as search
 from tests.test_search_resume import features
 
 db, n_trials, kill_at, slow = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
-real, calls = search.full_proba, [0]
+real, calls = search.full_scores, [0]
 
 def scored(*args, **kwargs):
     calls[0] += 1
@@ -44,7 +44,7 @@ def scored(*args, **kwargs):
     time.sleep(slow)
     return real(*args, **kwargs)
 
-search.full_proba = scored
+search.full_scores = scored
 study = search.run_search(*features(), heads=%r, metric="accuracy", cv=3, seed=0, storage=f"sqlite:///{db}",
                           name="t", n_trials=n_trials, timeout=None, progress=False)
 best = search.best_trial(study)
@@ -182,7 +182,7 @@ def test_processes_sharing_a_study_keep_its_budget_and_never_repeat_a_configurat
 def test_a_live_trial_failed_by_another_process_runs_its_slot_again(db, uninterrupted, monkeypatch):
     """Another process may take a slow trial for dead (no claim in CLAIM_WAIT_S, or no heartbeat in
     GRACE_S) and fail it under its live owner: the owner goes on, and the slot runs again."""
-    real, calls = search.full_proba, []
+    real, calls = search.full_scores, []
 
     def scored(*args, **kwargs):
         calls.append(1)
@@ -191,7 +191,7 @@ def test_a_live_trial_failed_by_another_process_runs_its_slot_again(db, uninterr
                 con.execute("update trials set state = 'FAIL' where state = 'RUNNING'")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(search, "full_proba", scored)
+    monkeypatch.setattr(search, "full_scores", scored)
     study = search_here(db)
     assert history(study) == history(uninterrupted)
     assert search.trial_counts(study)["interrupted"] == 1

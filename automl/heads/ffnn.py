@@ -10,6 +10,12 @@ Early stopping watches Keras's ``val_loss`` on a stratified inner validation spl
 ``validation_fraction=0`` trains for ``max_epochs`` with no split. ``l2`` has Keras's
 ``kernel_regularizer=l2(l2)`` meaning — ``l2 * sum(kernel**2)`` added to the loss, ``val_loss``
 included — on the hidden layers' kernels; the output layer is not regularised.
+
+An epoch is at most ``epoch_rows`` training rows: a larger training set is drawn in epochs of that
+many rows (the shuffled data repeated), so ``max_epochs``, ``patience`` and the early-stopping checks
+mean the same amount of training at every data size — without it a 16,000-row fold trained ~8 times
+longer than a 2,000-row one before early stopping could notice anything. Up to ``epoch_rows`` rows an
+epoch is one pass over the data, as it always was.
 """
 
 from __future__ import annotations
@@ -63,11 +69,15 @@ class FFNNHead(Head):
         "validation_fraction": [Interval(float, 0, 1, closed="left")],
         "patience": [Interval(int, 1)],
         "dropout": [Interval(float, 0, 1, closed="left")],
+        "epoch_rows": [Interval(int, 1), None],
         "random_state": SEED,
     }
+    parallel_fits = False  # Keras's global seed and dtype policy; TensorFlow uses every core itself
+    epoch_rows = None  # what a head saved before the parameter existed trained with (class-level default)
 
     def __init__(self, hidden_layers=(256, 256, 256, 256), l2=0.02, learning_rate=1e-3, batch_size=64,
-                 max_epochs=300, validation_fraction=0.1, patience=20, dropout=0.0, random_state=0):
+                 max_epochs=300, validation_fraction=0.1, patience=20, dropout=0.0, epoch_rows=2048,
+                 random_state=0):
         self.hidden_layers = hidden_layers
         self.l2 = l2
         self.learning_rate = learning_rate
@@ -76,6 +86,7 @@ class FFNNHead(Head):
         self.validation_fraction = validation_fraction
         self.patience = patience
         self.dropout = dropout
+        self.epoch_rows = epoch_rows
         self.random_state = random_state
 
     def fit(self, X, y):
@@ -96,13 +107,17 @@ class FFNNHead(Head):
             # the training itself on these small sets (measured: ~50 ms vs ~5 ms per epoch).
             # Made after the global seed is set, so the shuffle order follows random_state.
             train = tf.data.Dataset.from_tensor_slices((X, y)).shuffle(len(y), seed=seed)
+            steps = None
+            if self.epoch_rows is not None and len(y) > self.epoch_rows:
+                train = train.repeat()  # reshuffled on every pass; an epoch is steps batches
+                steps = -(-self.epoch_rows // self.batch_size)
             train = train.batch(self.batch_size)
             validation, callbacks = None, [keras.callbacks.TerminateOnNaN()]
             if early_stopping:
                 validation = tf.data.Dataset.from_tensor_slices((X_val, y_val)).batch(1024)
                 callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=self.patience,
                                                                restore_best_weights=True))
-            history = model.fit(train, epochs=self.max_epochs, validation_data=validation,
+            history = model.fit(train, epochs=self.max_epochs, steps_per_epoch=steps, validation_data=validation,
                                 callbacks=callbacks, shuffle=False, verbose=0)  # the dataset shuffles
 
         weights = [layer.get_weights() for layer in model.layers if isinstance(layer, keras.layers.Dense)]

@@ -191,7 +191,8 @@ class Recipe(BaseModel):
         recipe's other values are kept as they are. Raises ``RecipeError`` naming the flag.
         """
         source = "command-line flags" if self._source is None else f"{self._source} with command-line flags"
-        recipe = _apply_flags(self.model_dump(), flags, source=source)
+        # Only the fields the recipe set: the others stay unset (defaults), as a fit tells them apart.
+        recipe = _apply_flags(self.model_dump(exclude_unset=True), flags, source=source)
         recipe._source = self._source
         return recipe
 

@@ -1,0 +1,165 @@
+"""The search's speed-ups change its cost, not its answers: decision values score the folds where
+the metric allows, the refit's probabilities stay Platt-calibrated, parallel folds reproduce serial
+ones, stages prune on stratified subsamples, large data gets a scalable head, and the user is told
+how long the rest will take. Timings live in bench/bench_search_scale.py, never here."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.calibration import CalibratedClassifierCV
+from sklearn.datasets import make_classification
+from sklearn.model_selection import StratifiedKFold
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC
+
+from automl import search
+from automl.evaluate import full_proba, full_scores, metric_by_name
+from automl.heads import FFNNHead, get_head
+from automl.recipe import Recipe
+
+
+@pytest.fixture(scope="module")
+def binary():
+    X, y = make_classification(n_samples=400, n_features=20, n_informative=6, flip_y=0.1, random_state=3)
+    return X[:300], y[:300], X[300:], y[300:]
+
+
+def test_rank_metric_from_decision_values_equals_calibrated_probabilities(binary):
+    X, y, X_val, y_val = binary
+    calibrated = get_head("svc-rbf")(C=3.0).fit(X, y)
+    scores_only = get_head("svc-rbf")(C=3.0).fit_scores(X, y)
+    auroc = metric_by_name("roc-auc")
+    assert auroc.reads_scores and not metric_by_name("log-loss").reads_scores
+    from_proba = auroc(y_val, full_proba(calibrated, X_val, 2))
+    from_scores = auroc(y_val, full_scores(scores_only, X_val, 2))
+    assert from_scores == from_proba  # Platt's sigmoid is monotone: the same order, the same AUROC
+    # Label metrics read the SVC's own prediction: the argmax of its decision values.
+    assert (full_scores(scores_only, X_val, 2).argmax(1) == scores_only.svc_.predict(StandardScaler().fit(X)
+                                                                                     .transform(X_val))).all()
+    with pytest.raises(ValueError, match="fit_scores"):
+        scores_only.predict_proba(X_val)
+
+
+def test_refit_probabilities_are_platt_calibrated_as_before(binary):
+    X, y, X_val, _ = binary
+    head = get_head("svc-rbf")(C=3.0, random_state=7).fit(X, y)
+    scaler = StandardScaler().fit(X)
+    reference = CalibratedClassifierCV(SVC(kernel="rbf", C=3.0, gamma="scale", tol=0.01, max_iter=1000),
+                                       method="sigmoid", cv=StratifiedKFold(3, shuffle=True, random_state=7),
+                                       ensemble=False).fit(scaler.transform(X), y)
+    np.testing.assert_array_equal(head.predict_proba(X_val), reference.predict_proba(scaler.transform(X_val)))
+
+
+def test_multiclass_auroc_reads_columns_as_scikit_learn_does():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, 120)
+    proba = rng.dirichlet(np.ones(4), 120)
+    ours = metric_by_name("roc-auc")(y, proba)
+    assert ours == pytest.approx(roc_auc_score(y, proba, multi_class="ovr", labels=np.arange(4)), abs=1e-12)
+    assert np.isfinite(metric_by_name("roc-auc")(y, np.log(proba) * 3 - 1))  # decision values need not sum to 1
+
+
+def test_a_class_missing_from_training_is_never_predicted():
+    X, y = make_classification(n_samples=90, n_features=6, n_informative=4, n_classes=3, random_state=0)
+    head = get_head("svc-rbf")().fit_scores(X[y < 2], y[y < 2])
+    scores = full_scores(head, X, 3)
+    assert scores.shape == (90, 3) and (scores.argmax(1) != 2).all() and (scores[:, 2] < scores[:, :2].min()).all()
+
+
+def test_stages_halve_over_data_size_only_where_folds_are_large():
+    small = search.plan_stages([480] * 5)
+    assert small == [search.Stage((0, 1)), search.Stage((2, 3, 4))]  # the one pruning point, after two folds
+    large = search.plan_stages([16000, 16001, 16000, 16002, 16000])
+    assert large == [search.Stage((0, 1), 1000), search.Stage((0, 1), 4000), search.Stage((0, 1)),
+                     search.Stage((2, 3, 4))]
+    assert search.plan_stages([100, 100]) == [search.Stage((0, 1))]
+
+
+def test_subsample_is_stratified_and_seeded():
+    y = np.array([0] * 900 + [1] * 100)
+    train = np.arange(1000)
+    rows = search.subsample(train, y, 200, seed=5)
+    assert len(rows) == 200 and np.bincount(y[rows]).tolist() == [180, 20]
+    assert (rows == search.subsample(train, y, 200, seed=5)).all()
+    assert not (rows == search.subsample(train, y, 200, seed=6)).all()
+    rare = np.array([0] * 999 + [1])
+    assert 1 in rare[search.subsample(train, rare, 100, seed=0)]  # a rare class keeps its rows
+
+
+def staged_data():
+    # 2,600 rows: 5-fold training sides of 2,080, so every trial has a data rung (520 rows) first.
+    X, y = make_classification(n_samples=2600, n_features=16, n_informative=6, flip_y=0.1, random_state=1)
+    return {"e": X.astype(np.float32)}, y
+
+
+def outcome(study):
+    return [(t.state.name, t.value, t.params, t.intermediate_values) for t in study.trials]
+
+
+def test_parallel_folds_give_the_serial_study(tmp_path):
+    features, y = staged_data()
+    assert search.plan_stages([2080] * 5)[0].rows == 520
+    studies = [search.run_search(features, y, heads=["svc-rbf", "logreg-elasticnet"], metric="macro-f1", cv=5,
+                                 seed=0, storage=f"sqlite:///{tmp_path}/{jobs}.db", name="t", n_trials=9,
+                                 timeout=None, progress=False, n_jobs=jobs) for jobs in (1, 2)]
+    assert outcome(studies[0]) == outcome(studies[1])
+    states = [t.state.name for t in studies[0].trials]
+    assert "PRUNED" in states and "COMPLETE" in states
+    done = [t for t in studies[0].trials if t.state.name == "COMPLETE"]
+    assert all(len(t.user_attrs["fold_scores"]) == 5 for t in done)
+    assert all(t.value == pytest.approx(np.mean(t.user_attrs["fold_scores"])) for t in done)
+
+
+def test_the_legacy_search_stays_callable_for_the_benchmark(tmp_path):
+    features, y = staged_data()
+    study = search.run_search(features, y, heads=["logreg-elasticnet"], metric="macro-f1", cv=3, seed=0,
+                              storage=f"sqlite:///{tmp_path}/l.db", name="t", n_trials=2, timeout=None,
+                              progress=False, legacy=True)
+    assert [sorted(t.intermediate_values) for t in study.trials] == [[0, 1, 2]] * 2  # one report per fold
+
+
+def test_the_first_trials_give_an_estimate_of_the_rest(tmp_path, capsys):
+    features, y = staged_data()
+    search.run_search({"e": features["e"][:300]}, y[:300], heads=["logreg-elasticnet"], metric="accuracy", cv=3,
+                      seed=0, storage=f"sqlite:///{tmp_path}/e.db", name="t", n_trials=5, timeout=None,
+                      progress=True)
+    err = capsys.readouterr().err
+    assert "search: 3 trials in " in err and "the other 2 should take at most about" in err
+    assert search.estimate_line(3, 9.0, None, 50.0) == "search: 3 trials in 9.0 s (3.0 s a trial); it runs until " \
+                                                        "the timeout, 50 s from now"
+
+
+def test_large_data_adds_the_scalable_head_unless_heads_were_named(tmp_path):
+    defaults = list(Recipe.model_fields["heads"].default)
+    assert search.heads_for(defaults, 10_000, explicit=False) == defaults
+    assert search.heads_for(defaults, 10_001, explicit=False) == defaults + ["svc-nystroem"]
+    assert search.heads_for(["ffnn"], 50_000, explicit=True) == ["ffnn"]
+    # A recipe's heads are explicit when given, and stay so (or not) through command-line overrides.
+    assert "heads" not in Recipe.from_flags(data=str(tmp_path)).with_overrides(trials=3).model_fields_set
+    assert "heads" in Recipe.from_flags(data=str(tmp_path), heads=["ffnn"]).with_overrides(trials=3).model_fields_set
+
+
+def test_the_scalable_head_searches_20k_rows_in_seconds(tmp_path):
+    X, y = make_classification(n_samples=20_000, n_features=64, n_informative=12, flip_y=0.05, random_state=2)
+    heads = search.heads_for(["logreg-elasticnet"], 20_000, explicit=False)
+    assert heads == ["logreg-elasticnet", "svc-nystroem"]
+    study = search.run_search({"e": X.astype(np.float32)}, y, heads=["svc-nystroem"], metric="accuracy", cv=3,
+                              seed=0, storage=f"sqlite:///{tmp_path}/n.db", name="t", n_trials=2, timeout=None,
+                              progress=False)
+    best = search.best_trial(study)
+    assert best.params["head"] == "svc-nystroem" and best.value > 0.8
+    assert len(best.intermediate_values) == 3  # rungs of 833 and 3,333 rows, then two folds in full
+
+
+def test_ffnn_epochs_are_capped_in_rows_and_unchanged_below_the_cap():
+    X, y = make_classification(n_samples=300, n_features=10, random_state=0)
+    small = dict(hidden_layers=(8,), max_epochs=4, validation_fraction=0.0, batch_size=32)
+    below = FFNNHead(epoch_rows=300, **small).fit(X, y)
+    uncapped = FFNNHead(epoch_rows=None, **small).fit(X, y)
+    for a, b in zip(below.coefs_, uncapped.coefs_):
+        np.testing.assert_array_equal(a, b)
+    capped = FFNNHead(epoch_rows=64, **small).fit(X, y)  # 4 epochs of 2 batches: far fewer steps
+    assert capped.n_iter_ == 4 and not np.array_equal(capped.coefs_[0], uncapped.coefs_[0])
