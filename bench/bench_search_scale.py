@@ -33,7 +33,7 @@ per (classes, dim, n, seed), for
 the wall time of the whole ``run_search`` call; per head, seconds per trial (``datetime_start`` to
 ``datetime_complete`` of each finished trial, grouped by ``params["head"]``) with the counts of
 complete and pruned trials; the best CV score (``best_trial``); the test macro-F1 and accuracy of
-the best pipeline refitted on the training split (``candidate_of(best).build(seed).fit(...)``,
+the best pipeline refitted on the training split (``candidate_of(best).build(seed, overrides).fit(...)``, the legacy head settings for before,
 scored with ``full_proba`` on the held-out split) and the refit's seconds. Seeds ``--seeds``: each
 is both the data seed and the search seed; tables show medians over seeds, the per-seed figures are
 printed as each search ends and in the per-seed table. Before and after run back to back per seed
@@ -226,7 +226,9 @@ def one_search(mode: str, args, features: dict, y_train, x_test, y_test, heads: 
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        head = candidate_of(best).build(seed).fit(features[extractor], y_train)
+        # The before search's winner refits with the settings it was scored with (LEGACY_HEAD_PARAMS).
+        overrides = getattr(search_module, "LEGACY_HEAD_PARAMS", None) if kwargs.get("legacy") else None
+        head = candidate_of(best).build(seed, overrides).fit(features[extractor], y_train)
     out["refit_s"] = time.perf_counter() - t0
     proba = full_proba(head, x_test, n_classes)
     out["test_macro_f1"] = metric_by_name("macro-f1")(y_test, proba)
