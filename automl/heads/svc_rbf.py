@@ -68,6 +68,7 @@ class SvcRbfHead(Head):
 
     def fit(self, X, y):
         X, y = self._prepare_fit(X, y)
+        self.__dict__.pop("svc_", None)  # a previous fit_scores's model must not answer decision_scores
         svc = self._svc()
         folds = StratifiedKFold(self.cv, shuffle=True, random_state=self.random_state)
         self.calibrated_ = CalibratedClassifierCV(svc, method="sigmoid", cv=folds, ensemble=False).fit(X, y)
@@ -77,6 +78,7 @@ class SvcRbfHead(Head):
 
     def fit_scores(self, X, y):
         X, y = self._prepare_fit(X, y)
+        self.__dict__.pop("calibrated_", None)  # nor a previous fit's answer predict_proba
         self.svc_ = self._svc().fit(X, y)
         self.n_iter_ = int(np.max(self.svc_.n_iter_))
         return self
