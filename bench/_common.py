@@ -52,16 +52,10 @@ def mem_total_gib() -> float | None:
     return None
 
 
-def usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
 def machine_lines(with_tf: bool = True) -> list[str]:
     """Machine, library versions and the command; imports TF/Keras only when ``with_tf``."""
     from automl.extractors import describe_machine, keras_backend
+    from automl.search import usable_cpus
 
     mem = mem_total_gib()
     lines = [

@@ -32,11 +32,14 @@ def test_rank_metric_from_decision_values_equals_calibrated_probabilities(binary
     auroc = metric_by_name("roc-auc")
     assert auroc.reads_scores and not metric_by_name("log-loss").reads_scores
     from_proba = auroc(y_val, full_proba(calibrated, X_val, 2))
-    from_scores = auroc(y_val, full_scores(scores_only, X_val, 2))
-    assert from_scores == from_proba  # Platt's sigmoid is monotone: the same order, the same AUROC
+    # Platt's sigmoid is monotone: the same order, the same AUROC — from the calibrated model's own
+    # SVC, and from the search's (fit_scores: no calibration folds, a Gram matrix).
+    assert auroc(y_val, full_scores(calibrated, X_val, 2)) == from_proba
+    assert auroc(y_val, full_scores(scores_only, X_val, 2)) == from_proba
     # Label metrics read the SVC's own prediction: the argmax of its decision values.
-    assert (full_scores(scores_only, X_val, 2).argmax(1) == scores_only.svc_.predict(StandardScaler().fit(X)
-                                                                                     .transform(X_val))).all()
+    scaler = StandardScaler().fit(X)
+    own = SVC(C=3.0, tol=0.01, max_iter=1000).fit(scaler.transform(X), y).predict(scaler.transform(X_val))
+    assert (full_scores(scores_only, X_val, 2).argmax(1) == own).all()
     with pytest.raises(ValueError, match="fit_scores"):
         scores_only.predict_proba(X_val)
 
@@ -163,3 +166,16 @@ def test_ffnn_epochs_are_capped_in_rows_and_unchanged_below_the_cap():
         np.testing.assert_array_equal(a, b)
     capped = FFNNHead(epoch_rows=64, **small).fit(X, y)  # 4 epochs of 2 batches: far fewer steps
     assert capped.n_iter_ == 4 and not np.array_equal(capped.coefs_[0], uncapped.coefs_[0])
+
+
+def test_svc_scores_from_its_gram_matrix_are_libsvms_own(binary, monkeypatch):
+    X, y, X_val, _ = binary
+    from automl.heads import svc_rbf
+
+    for gamma in ("scale", "auto", 3e-3):
+        exact = get_head("svc-rbf")(gamma=gamma).fit(X, y)  # libsvm's kernel, as the refit
+        gram = get_head("svc-rbf")(gamma=gamma).fit_scores(X, y)
+        assert gram.svc_.kernel == "precomputed"
+        np.testing.assert_allclose(gram.decision_scores(X_val), exact.decision_scores(X_val), atol=1e-9)
+    monkeypatch.setattr(svc_rbf, "GRAM_MAX_ROWS", 100)  # above it: libsvm's own kernel loop
+    assert get_head("svc-rbf")().fit_scores(X, y).svc_.kernel == "rbf"

@@ -34,7 +34,7 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.svm import LinearSVC
 
 from automl.heads._base import SEED, Head, register
-from automl.heads.svc_rbf import _GAMMA_RANGE
+from automl.heads.svc_rbf import _GAMMA_RANGE, _gamma_value
 from automl.params import Interval, Options
 
 # LinearSVC's C weighs the sum of the squared hinge losses against 0.5 * ||w||^2, as SVC's C does its
@@ -85,13 +85,7 @@ class SvcNystroemHead(Head):
 
     def _map(self, X) -> np.ndarray:
         """Fit the Nystroem map on the standardised X; return X mapped."""
-        if self.gamma == "scale":  # SVC's rule, on the same (standardised) X
-            variance = float(X.var())
-            self.gamma_ = 1.0 / (X.shape[1] * variance) if variance != 0 else 1.0
-        elif self.gamma == "auto":
-            self.gamma_ = 1.0 / X.shape[1]
-        else:
-            self.gamma_ = float(self.gamma)
+        self.gamma_ = _gamma_value(self.gamma, X)  # SVC's rule, on the same (standardised) X
         # At most the rows: Nystroem would warn and do the same.
         self.nystroem_ = Nystroem(kernel="rbf", gamma=self.gamma_, n_components=min(self.n_components, len(X)),
                                   random_state=self.random_state)
