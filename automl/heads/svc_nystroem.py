@@ -34,7 +34,7 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.svm import LinearSVC
 
 from automl.heads._base import SEED, Head, register
-from automl.heads.svc_rbf import _GAMMA_RANGE, _gamma_value
+from automl.heads.svc_rbf import _gamma_value, suggest_rbf
 from automl.params import Interval, Options
 
 # LinearSVC's C weighs the sum of the squared hinge losses against 0.5 * ||w||^2, as SVC's C does its
@@ -133,13 +133,7 @@ class SvcNystroemHead(Head):
 
     @staticmethod
     def search_space(trial) -> dict:
-        # As svc-rbf: "scale" is a choice of its own, so the default stays reachable (and enqueueable)
-        # and the float range need not guess the embedding's dimension.
-        if trial.suggest_categorical("svc-nystroem.gamma_kind", ["scale", "value"]) == "scale":
-            gamma = "scale"
-        else:
-            gamma = trial.suggest_float("svc-nystroem.gamma", *_GAMMA_RANGE, log=True)
-        return {"C": trial.suggest_float("svc-nystroem.C", *_C_RANGE, log=True), "gamma": gamma}
+        return suggest_rbf(trial, "svc-nystroem", _C_RANGE)  # svc-rbf's gamma, this head's C range
 
     @classmethod
     def defaults_for_trial(cls) -> dict:

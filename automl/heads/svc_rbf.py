@@ -117,17 +117,22 @@ class SvcRbfHead(Head):
 
     @staticmethod
     def search_space(trial) -> dict:
-        # "scale" is a choice of its own, so the default stays reachable (and enqueueable) and the
-        # float range need not guess the embedding's dimension.
-        if trial.suggest_categorical("svc-rbf.gamma_kind", ["scale", "value"]) == "scale":
-            gamma = "scale"
-        else:
-            gamma = trial.suggest_float("svc-rbf.gamma", *_GAMMA_RANGE, log=True)
-        return {"C": trial.suggest_float("svc-rbf.C", *_C_RANGE, log=True), "gamma": gamma}
+        return suggest_rbf(trial, "svc-rbf", _C_RANGE)
 
     @classmethod
     def defaults_for_trial(cls) -> dict:
         return {"svc-rbf.gamma_kind": "scale", "svc-rbf.C": 10.0}
+
+
+def suggest_rbf(trial, head: str, c_range: tuple[float, float]) -> dict:
+    """An RBF SVM's ``C`` and ``gamma`` from ``trial`` (parameters named ``<head>.C`` ...). "scale" is a
+    choice of its own, so the default stays reachable (and enqueueable) and the float range need not
+    guess the embedding's dimension."""
+    if trial.suggest_categorical(f"{head}.gamma_kind", ["scale", "value"]) == "scale":
+        gamma = "scale"
+    else:
+        gamma = trial.suggest_float(f"{head}.gamma", *_GAMMA_RANGE, log=True)
+    return {"C": trial.suggest_float(f"{head}.C", *c_range, log=True), "gamma": gamma}
 
 
 def _gamma_value(gamma, X: np.ndarray) -> float:
