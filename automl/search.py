@@ -10,10 +10,12 @@ calibration, which the refit fits once); a trial is scored in stages — on grow
 subsamples of two folds' training sides (successive halving over data size, only where those
 sides are large), then those two folds in full, then the rest — and Optuna's median pruner stops
 it after any stage at which it is worse than the median of the finished trials there; within a
-stage the folds are fitted in parallel threads (``n_jobs``, all usable cores by default, BLAS held
-to one thread each) for the heads that allow it. The trial's value is the mean over all folds at
-full size, as before. ``legacy=True`` keeps the earlier scheme callable (calibrated probabilities,
-one fold after another, the earlier head settings) for ``bench/bench_search_scale.py``.
+stage the folds are fitted in parallel (``n_jobs``, all usable cores by default): in threads with
+BLAS held to one thread each, or, for a head whose fits cannot share a process (``ffnn``: Keras's
+global seed), in worker processes with one TensorFlow thread each (``_in_workers``). The trial's
+value is the mean over all folds at full size, as before. ``legacy=True`` keeps the earlier scheme
+callable (calibrated probabilities, one fold after another, the earlier head settings) for
+``bench/bench_search_scale.py``.
 """
 
 from __future__ import annotations
@@ -317,6 +319,7 @@ def run_search(
 
     stages = plan_stages([len(tr) for tr, _ in folds])
     jobs = max(1, usable_cpus() if n_jobs is None else int(n_jobs))
+    workers = min(jobs, max(len(stage.folds) for stage in stages))  # each holds a TensorFlow: no idle ones
     rung_rows = {(i, stage.rows): subsample(folds[i][0], y, stage.rows, derive(seed, "rung", i, stage.rows))
                  for stage in stages if stage.rows is not None for i in stage.folds}
 
@@ -337,14 +340,18 @@ def run_search(
     def staged_evaluate(trial) -> float:
         candidate = suggest(trial, extractors, heads)
         X = features[candidate.extractor]
-        parallel = HEADS.get(candidate.head).parallel_fits
+        fits_in = HEADS.get(candidate.head).parallel_fits
         full: dict[int, float] = {}
         for step, stage in enumerate(stages):
-            def one_fold(i, rows=stage.rows):
+            def fold(i, rows=stage.rows) -> tuple:  # what scoring fold i at this stage takes
                 tr, va = folds[i]
-                return score_fold(candidate, X, tr if rows is None else rung_rows[i, rows], va)
+                tr = tr if rows is None else rung_rows[i, rows]
+                return candidate, seed, metric, X[tr], y[tr], X[va], y[va], n_classes
 
-            scores = _map(one_fold, stage.folds, jobs if parallel else 1)
+            if fits_in == "processes":
+                scores = _in_workers(_score_in_worker, [fold(i) for i in stage.folds], workers)
+            else:
+                scores = _map(lambda i: _score_in_worker(*fold(i)), stage.folds, jobs if fits_in == "threads" else 1)
             if stage.rows is None:
                 full.update(zip(stage.folds, scores))
                 scores = list(full.values())
@@ -353,14 +360,6 @@ def run_search(
                 if trial.should_prune():
                     raise optuna.TrialPruned()
         return finish(trial, [full[i] for i in range(len(folds))])
-
-    def score_fold(candidate, X, tr, va) -> float:
-        model = candidate.build(seed)
-        if objective_metric.reads_scores:
-            model.fit_scores(X[tr], y[tr])
-            return objective_metric(y[va], full_scores(model, X[va], n_classes))
-        model.fit(X[tr], y[tr])
-        return objective_metric(y[va], full_proba(model, X[va], n_classes))
 
     def finish(trial, scores: list[float]) -> float:
         trial.set_user_attr("fold_scores", scores)
@@ -466,6 +465,44 @@ def _map(fn, items: Sequence, jobs: int) -> list:
 
     with threadpool_limits(limits=1), ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="automl-fold") as pool:
         return list(pool.map(fn, items))
+
+
+def _score(model, metric, X_tr, y_tr, X_va, y_va, n_classes: int) -> float:
+    """``model`` fitted on the training rows, scored by ``metric`` on the validation rows: from its
+    decision values where the metric reads them (``fit_scores``), else from probabilities."""
+    if metric.reads_scores:
+        model.fit_scores(X_tr, y_tr)
+        return metric(y_va, full_scores(model, X_va, n_classes))
+    model.fit(X_tr, y_tr)
+    return metric(y_va, full_proba(model, X_va, n_classes))
+
+
+def _score_in_worker(candidate: Candidate, seed: int, metric: str, *arrays_and_classes) -> float:
+    return _score(candidate.build(seed), metric_by_name(metric), *arrays_and_classes)
+
+
+# The environment of the search's worker processes: TensorFlow on one thread for each op and one
+# between ops (on 2 cores the ffnn trained no faster on two threads than on one, so two one-thread
+# workers fit two folds in the time of one: docs/benchmarks.md), and GPU memory taken as it is needed,
+# so that workers can share a GPU (TensorFlow's default maps it all into the first process).
+WORKER_ENV = {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1", "TF_FORCE_GPU_ALLOW_GROWTH": "true",
+              "TF_CPP_MIN_LOG_LEVEL": "2", "OMP_NUM_THREADS": "1"}
+WORKER_IDLE_S = 300  # a worker this long without a fit exits (the next one starts afresh, importing again)
+
+
+def _in_workers(fn, calls: Sequence[tuple], jobs: int) -> list:
+    """``[fn(*args) for args in calls]`` in ``jobs`` worker processes (always processes, even for
+    ``jobs=1``, so that the results never depend on ``jobs``); the results in ``calls``' order. The
+    workers (loky's reusable executor, as joblib uses) outlive the call, so a search pays for their
+    start and imports once, not per trial; a worker's exception is raised here."""
+    from joblib.externals.loky import get_reusable_executor
+
+    # loky replaces a worker whose memory grew 300 MB past its size after its first task (TensorFlow
+    # grows by about 10 MB a fit: every few dozen fits), warning as it does; that is no fault here.
+    warnings.filterwarnings("ignore", message="A worker stopped while some jobs were given", category=UserWarning)
+    executor = get_reusable_executor(max_workers=max(1, jobs), timeout=WORKER_IDLE_S, env=WORKER_ENV)
+    futures = [executor.submit(fn, *args) for args in calls]
+    return [f.result() for f in futures]
 
 
 def _state(study, number: int):

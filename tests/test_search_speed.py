@@ -116,6 +116,30 @@ def test_parallel_folds_give_the_serial_study(tmp_path):
     assert all(t.value == pytest.approx(np.mean(t.user_attrs["fold_scores"])) for t in done)
 
 
+def test_ffnn_folds_train_in_worker_processes_and_give_the_serial_study(tmp_path, monkeypatch):
+    # Keras's global seed is process-wide, so ffnn folds run in parallel in worker processes, one
+    # TensorFlow thread each: one worker or two, the same study.
+    X, y = make_classification(n_samples=240, n_features=12, n_informative=6, flip_y=0.1, random_state=2)
+    calls, real = [], search._in_workers
+    monkeypatch.setattr(search, "_in_workers", lambda *a: calls.append(a[2]) or real(*a))
+    studies = [search.run_search({"e": X.astype(np.float32)}, y, heads=["ffnn"], metric="accuracy", cv=3, seed=0,
+                                 storage=f"sqlite:///{tmp_path}/{jobs}.db", name="t", n_trials=2, timeout=None,
+                                 progress=False, n_jobs=jobs) for jobs in (1, 2)]
+    assert outcome(studies[0]) == outcome(studies[1])
+    assert all(t.state.name == "COMPLETE" for t in studies[0].trials)
+    # Two stages a trial (folds 0-1, then fold 2), two trials; at most as many workers as a stage's folds.
+    assert calls == [1] * 4 + [2] * 4
+
+
+def test_worker_processes_run_apart_with_one_tensorflow_thread_and_raise_here():
+    import os
+
+    assert search._in_workers(os.getenv, [("TF_NUM_INTRAOP_THREADS",), ("TF_NUM_INTEROP_THREADS",)], 2) == ["1", "1"]
+    assert os.getpid() not in search._in_workers(os.getpid, [(), ()], 2)
+    with pytest.raises(ValueError, match="invalid literal"):  # a trial's failure reaches the search as itself
+        search._in_workers(int, [("x",)], 2)
+
+
 def test_the_legacy_search_stays_callable_for_the_benchmark(tmp_path):
     features, y = staged_data()
     study = search.run_search(features, y, heads=["logreg-elasticnet"], metric="macro-f1", cv=3, seed=0,

@@ -37,10 +37,11 @@ class Head(ClassifierMixin, BaseEstimator):
     # Every class a fitted head's attributes hold, however deep: a model bundle saves and rebuilds
     # instances of these (and of the head) only; a subclass adds its own to these.
     state_types: ClassVar[tuple[type, ...]] = (StandardScaler,)
-    # Whether the search may fit several folds of this head at once in threads: its fit releases the
-    # GIL, runs on one core, and touches no process-wide state (Keras's global seed and dtype policy
-    # do not qualify: the ffnn head says False and uses TensorFlow's own threads instead).
-    parallel_fits: ClassVar[bool] = True
+    # How the search fits several folds of this head at once: "threads" where its fit releases the
+    # GIL, runs on one core and touches no process-wide state; "processes" where it does touch such
+    # state (Keras's global seed and dtype policy: the ffnn head), in worker processes; "serial": one
+    # fold after another, in the search's own process.
+    parallel_fits: ClassVar[str] = "threads"
 
     @staticmethod
     def search_space(trial) -> dict:

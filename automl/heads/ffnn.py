@@ -72,7 +72,7 @@ class FFNNHead(Head):
         "epoch_rows": [Interval(int, 1), None],
         "random_state": SEED,
     }
-    parallel_fits = False  # Keras's global seed and dtype policy; TensorFlow uses every core itself
+    parallel_fits = "processes"  # Keras's global seed and dtype policy are process-wide
     epoch_rows = None  # what a head saved before the parameter existed trained with (class-level default)
 
     def __init__(self, hidden_layers=(256, 256, 256, 256), l2=0.02, learning_rate=1e-3, batch_size=64,
