@@ -4,9 +4,10 @@ Sees arrays and group ids only — never images, the store, or the test split. O
 configuration, kept in persistent storage: an interrupted search resumes, a finished one can be
 inspected with Optuna's own tools.
 
-How a trial spends its time (``Stage``, ``plan_stages``): folds are scored from the heads'
-decision values wherever the metric allows (``Metric.reads_scores``: labels and ranks need no
-calibration, which the refit fits once); a trial is scored in stages — on growing stratified
+How a trial spends its time (``Stage``, ``plan_stages``): where the metric reads only labels or
+ranks (``Metric.reads_scores``) a fold is scored from the head's ``fit_scores`` /
+``decision_scores``: the saved model's predictions reached more cheaply (svc-rbf's calibrated SVC on
+one Gram matrix); a trial is scored in stages — on growing stratified
 subsamples of two folds' training sides (successive halving over data size, only where those
 sides are large), then those two folds in full, then the rest — and Optuna's median pruner stops
 it after any stage at which it is worse than the median of the finished trials there; within a
@@ -468,8 +469,9 @@ def _map(fn, items: Sequence, jobs: int) -> list:
 
 
 def _score(model, metric, X_tr, y_tr, X_va, y_va, n_classes: int) -> float:
-    """``model`` fitted on the training rows, scored by ``metric`` on the validation rows: from its
-    decision values where the metric reads them (``fit_scores``), else from probabilities."""
+    """``model`` fitted on the training rows, scored by ``metric`` on the validation rows: by
+    ``fit_scores`` / ``decision_scores`` where the metric reads only labels or ranks, else by ``fit`` /
+    probabilities."""
     if metric.reads_scores:
         model.fit_scores(X_tr, y_tr)
         return metric(y_va, full_scores(model, X_va, n_classes))
@@ -494,7 +496,8 @@ def _in_workers(fn, calls: Sequence[tuple], jobs: int) -> list:
     """``[fn(*args) for args in calls]`` in ``jobs`` worker processes (always processes, even for
     ``jobs=1``, so that the results never depend on ``jobs``); the results in ``calls``' order. The
     workers (loky's reusable executor, as joblib uses) outlive the call, so a search pays for their
-    start and imports once, not per trial; a worker's exception is raised here."""
+    start and imports once, not per trial (they exit with this process, or after ``WORKER_IDLE_S``
+    idle); a worker's exception is raised here."""
     from joblib.externals.loky import get_reusable_executor
 
     # loky replaces a worker whose memory grew 300 MB past its size after its first task (TensorFlow
@@ -502,7 +505,12 @@ def _in_workers(fn, calls: Sequence[tuple], jobs: int) -> list:
     warnings.filterwarnings("ignore", message="A worker stopped while some jobs were given", category=UserWarning)
     executor = get_reusable_executor(max_workers=max(1, jobs), timeout=WORKER_IDLE_S, env=WORKER_ENV)
     futures = [executor.submit(fn, *args) for args in calls]
-    return [f.result() for f in futures]
+    try:
+        return [f.result() for f in futures]
+    except BaseException:  # a failed fold or an interrupt: the folds not yet started never start
+        for f in futures:
+            f.cancel()
+        raise
 
 
 def _state(study, number: int):

@@ -17,6 +17,7 @@ Measured, in one process:
 
     .venv/bin/python bench/bench_search.py            # 3 extractors at 299 px, 50 trials x 3 sampler seeds
     .venv/bin/python bench/bench_search.py --quick    # 1 extractor at 75 px, 15 trials, 1 seed
+    .venv/bin/python bench/bench_search.py --labels-check  # svc-rbf: decision-value vs calibrated CV scores only
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from automl.pipeline import Extractors  # noqa: E402
 from automl.recipe import Recipe  # noqa: E402
 from automl.report import table  # noqa: E402
 from automl.search import candidate_of, cv_splits, run_search  # noqa: E402
+from automl.seeds import derive  # noqa: E402
 from automl.store import Store  # noqa: E402
 
 MEDMNIST = [  # ../shared/README.md: BreastMNIST test split, (name, AUROC, accuracy)
@@ -75,6 +77,9 @@ def main() -> None:
     ap.add_argument("--metric", default="macro-f1")
     ap.add_argument("--store", default=str(ROOT / "bench" / "out" / "store"))
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--labels-check", action="store_true",
+                    help="only: the CV score of each svc-rbf grid setting from decision values (as the search "
+                         "scores a fold) and from the calibrated model's labels (what the saved model predicts)")
     args = ap.parse_args()
     grid = GRID
     if args.quick:
@@ -100,10 +105,14 @@ def main() -> None:
     y = np.array([it.label for it in train])
     n_classes = len(dataset.classes)
 
+    folds = cv_splits(y, args.cv, derive(seeds[0], "folds"))  # the folds run_search(cv_seed=seeds[0]) makes
+    if args.labels_check:
+        labels_check(features, y, folds, args.metric, grid["svc-rbf"], n_classes)
+        return
+
     # Baseline: GridSearchCV per (extractor, head), same folds and metric.
     from sklearn.model_selection import GridSearchCV
 
-    folds = cv_splits(y, args.cv, seeds[0])
 
     def scorer(est, X, y_true):
         return score(args.metric, y_true, full_proba(est, X, n_classes))
@@ -167,6 +176,32 @@ def main() -> None:
                 [[f"automl ({args.weights} weights, {args.image_size} px)", round(report["auroc"], 3),
                   round(report["accuracy"], 3), round(report["f1_macro"], 3)]]
                 + [[name, auc, acc, None] for name, auc, acc in MEDMNIST]))
+
+
+def labels_check(features, y, folds, metric, grid, n_classes) -> None:
+    """Per extractor and svc-rbf setting of the grid: the mean CV score from decision values (as the
+    search scores its folds) and from the Platt-calibrated model's probabilities (the saved model's)."""
+    from sklearn.model_selection import ParameterGrid
+
+    from automl.evaluate import full_scores
+
+    rows, gaps = [], []
+    for name, X in features.items():
+        for params in ParameterGrid(grid):
+            by = {"decision": [], "calibrated": []}
+            for tr, va in folds:
+                head = HEADS.get("svc-rbf")(random_state=0, **params).fit_scores(X[tr], y[tr])
+                by["decision"].append(score(metric, y[va], full_scores(head, X[va], n_classes)))
+                head = HEADS.get("svc-rbf")(random_state=0, **params).fit(X[tr], y[tr])
+                by["calibrated"].append(score(metric, y[va], full_proba(head, X[va], n_classes)))
+            d, c = (float(np.mean(v)) for v in by.values())
+            gaps.append(d - c)
+            rows.append([name, ", ".join(f"{k} {v}" for k, v in sorted(params.items())), round(d, 4), round(c, 4),
+                         round(d - c, 4)])
+    print(f"\nsvc-rbf, mean {metric} over the search's folds: from decision values vs from calibrated labels")
+    print(table(["extractor", "setting", "decision", "calibrated", "difference"], rows))
+    print(f"difference: median {np.median(gaps):+.4f}, mean |d| {np.mean(np.abs(gaps)):.4f}, "
+          f"range {min(gaps):+.4f} .. {max(gaps):+.4f}")
 
 
 if __name__ == "__main__":

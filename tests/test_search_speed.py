@@ -25,23 +25,26 @@ def binary():
     return X[:300], y[:300], X[300:], y[300:]
 
 
-def test_rank_metric_from_decision_values_equals_calibrated_probabilities(binary):
+def test_the_search_scores_an_svc_fold_as_the_saved_model_predicts(binary):
     X, y, X_val, y_val = binary
-    calibrated = get_head("svc-rbf")(C=3.0).fit(X, y)
-    scores_only = get_head("svc-rbf")(C=3.0).fit_scores(X, y)
-    auroc = metric_by_name("roc-auc")
-    assert auroc.reads_scores and not metric_by_name("log-loss").reads_scores
-    from_proba = auroc(y_val, full_proba(calibrated, X_val, 2))
-    # Platt's sigmoid is monotone: the same order, the same AUROC — from the calibrated model's own
-    # SVC, and from the search's (fit_scores: no calibration folds, a Gram matrix).
-    assert auroc(y_val, full_scores(calibrated, X_val, 2)) == from_proba
-    assert auroc(y_val, full_scores(scores_only, X_val, 2)) == from_proba
-    # Label metrics read the SVC's own prediction: the argmax of its decision values.
+    y_imbalanced = np.where(X[:, 0] > 0.7, 1, 0)  # about a quarter positive: Platt's threshold matters
+    y_val_imbalanced = np.where(X_val[:, 0] > 0.7, 1, 0)
+    for labels, val in ((y, y_val), (y_imbalanced, y_val_imbalanced)):
+        saved = get_head("svc-rbf")(C=3.0).fit(X, labels)  # the refit: libsvm's kernel, Platt folds
+        scored = get_head("svc-rbf")(C=3.0).fit_scores(X, labels)  # the search's fold: one Gram matrix
+        proba, scores = full_proba(saved, X_val, 2), full_scores(scored, X_val, 2)
+        np.testing.assert_allclose(scores, proba, atol=1e-2)  # the calibration folds' gamma alone differs
+        assert (scores.argmax(1) == proba.argmax(1)).all()
+        for name in ("macro-f1", "accuracy", "balanced-accuracy"):
+            assert metric_by_name(name)(val, scores) == metric_by_name(name)(val, proba)
+        assert metric_by_name("roc-auc")(val, scores) == pytest.approx(metric_by_name("roc-auc")(val, proba), abs=2e-3)
+    # What the search scored before: the bare SVC's decision values, threshold 0, no calibration.
     scaler = StandardScaler().fit(X)
-    own = SVC(C=3.0, tol=0.01, max_iter=1000).fit(scaler.transform(X), y).predict(scaler.transform(X_val))
-    assert (full_scores(scores_only, X_val, 2).argmax(1) == own).all()
+    bare = SVC(C=3.0, tol=0.01, max_iter=1000).fit(scaler.transform(X), y_imbalanced)
+    assert (bare.predict(scaler.transform(X_val)) != full_proba(saved, X_val, 2).argmax(1)).any()
+    assert metric_by_name("roc-auc").reads_scores and not metric_by_name("log-loss").reads_scores
     with pytest.raises(ValueError, match="fit_scores"):
-        scores_only.predict_proba(X_val)
+        scored.predict_proba(X_val)
 
 
 def test_refit_probabilities_are_platt_calibrated_as_before(binary):
@@ -192,14 +195,16 @@ def test_ffnn_epochs_are_capped_in_rows_and_unchanged_below_the_cap():
     assert capped.n_iter_ == 4 and not np.array_equal(capped.coefs_[0], uncapped.coefs_[0])
 
 
-def test_svc_scores_from_its_gram_matrix_are_libsvms_own(binary, monkeypatch):
+def test_svc_scores_from_its_gram_matrix_are_the_refits_probabilities(binary, monkeypatch):
     X, y, X_val, _ = binary
     from automl.heads import svc_rbf
 
-    for gamma in ("scale", "auto", 3e-3):
+    for gamma, atol in (("scale", 1e-2), ("auto", 1e-8), (3e-3, 1e-8)):
         exact = get_head("svc-rbf")(gamma=gamma).fit(X, y)  # libsvm's kernel, as the refit
         gram = get_head("svc-rbf")(gamma=gamma).fit_scores(X, y)
-        assert gram.svc_.kernel == "precomputed"
-        np.testing.assert_allclose(gram.decision_scores(X_val), exact.decision_scores(X_val), atol=1e-9)
-    monkeypatch.setattr(svc_rbf, "GRAM_MAX_ROWS", 100)  # above it: libsvm's own kernel loop
-    assert get_head("svc-rbf")().fit_scores(X, y).svc_.kernel == "rbf"
+        assert gram.scored_.calibrated_classifiers_[0].estimator.kernel == "precomputed"
+        # "scale" is computed on each calibration fold by fit, on all the rows by fit_scores.
+        np.testing.assert_allclose(gram.decision_scores(X_val), exact.predict_proba(X_val), atol=atol)
+    monkeypatch.setattr(svc_rbf, "GRAM_MAX_ROWS", 100)  # above it: fit_scores is fit
+    head = get_head("svc-rbf")().fit_scores(X, y)
+    np.testing.assert_array_equal(head.decision_scores(X_val), head.predict_proba(X_val))

@@ -85,14 +85,15 @@ class Head(ClassifierMixin, BaseEstimator):
         return self.scaler_.transform(X)
 
     def fit_scores(self, X, y):
-        """Fit for ``decision_scores`` only, as the search's folds do: a head whose probabilities need
-        an extra fit (the SVCs' Platt calibration) skips it here; the refit calls ``fit``."""
+        """Fit for ``decision_scores``, as the search's folds do: the labels and orders of the model
+        ``fit`` makes, reached the cheapest way the head knows (``svc-rbf``: its calibrated SVC on one
+        Gram matrix); by default ``fit`` itself. The refit always calls ``fit``."""
         return self.fit(X, y)
 
     def decision_scores(self, X) -> np.ndarray:
-        """Per-class scores, one column per class of ``classes_``: the argmax is the predicted class
-        and each column orders the rows as that class's probability would (rank metrics read them).
-        Valid after ``fit`` or ``fit_scores``; by default the probabilities themselves."""
+        """Per-class scores, one column per class of ``classes_``, after ``fit`` or ``fit_scores``:
+        the argmax is the class ``fit``'s model predicts and each column orders the rows as that
+        class's probability does (label and rank metrics read them). By default ``predict_proba``."""
         return self.predict_proba(X)
 
     def predict(self, X) -> np.ndarray:

@@ -17,8 +17,9 @@ Probabilities come as in ``svc-rbf``: ``CalibratedClassifierCV(method="sigmoid",
 around the ``LinearSVC``, on the mapped features, so the sigmoid is fitted on out-of-fold decision
 values of ``cv`` folds and the predicting ``LinearSVC`` on all of them. The map is fitted once, on all
 the rows, before the folds: it is unsupervised (random landmarks, no labels), so it leaks no labels
-into the calibration. ``fit_scores`` (the search's folds) fits the map and one ``LinearSVC``, no
-calibration; ``decision_scores`` gives its one-vs-rest decision values.
+into the calibration. The search's folds fit it as the refit does (``fit_scores`` is ``fit``):
+scored from the bare ``LinearSVC``'s decision values, settings were misjudged on imbalanced data
+(see ``svc-rbf``).
 
 A ConvergenceWarning from ``max_iter`` is the user's to see; nothing here silences it.
 """
@@ -99,36 +100,14 @@ class SvcNystroemHead(Head):
 
     def fit(self, X, y):
         X, y = self._prepare_fit(X, y)
-        self.__dict__.pop("svc_", None)  # a previous fit_scores's model must not answer decision_scores
         folds = StratifiedKFold(self.cv, shuffle=True, random_state=self.random_state)
         self.calibrated_ = CalibratedClassifierCV(self._linear_svc(), method="sigmoid", cv=folds,
                                                   ensemble=False).fit(self._map(X), y)
         self.n_iter_ = int(self.calibrated_.calibrated_classifiers_[0].estimator.n_iter_)
         return self
 
-    def fit_scores(self, X, y):
-        X, y = self._prepare_fit(X, y)
-        self.__dict__.pop("calibrated_", None)  # nor a previous fit's answer predict_proba
-        self.svc_ = self._linear_svc().fit(self._map(X), y)
-        self.n_iter_ = int(self.svc_.n_iter_)  # liblinear's iterations, of the slowest one-vs-rest problem
-        return self
-
-    def _svc(self) -> LinearSVC:
-        svc = getattr(self, "svc_", None)
-        if svc is None:  # fitted by ``fit``: the calibrated model's predicting LinearSVC
-            svc = self.calibrated_.calibrated_classifiers_[0].estimator
-        return svc
-
-    def decision_scores(self, X) -> np.ndarray:
-        X = self._prepare_predict(X)
-        values = self._svc().decision_function(self.nystroem_.transform(X))  # argmax is LinearSVC.predict
-        return np.column_stack([-values, values]) if values.ndim == 1 else values
-
     def predict_proba(self, X) -> np.ndarray:
         X = self._prepare_predict(X)
-        if not hasattr(self, "calibrated_"):
-            raise ValueError("this SvcNystroemHead was fitted by fit_scores (decision values only, no "
-                             "calibration); call fit for probabilities.")
         return self.calibrated_.predict_proba(self.nystroem_.transform(X))
 
     @staticmethod

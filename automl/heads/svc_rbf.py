@@ -8,11 +8,14 @@ predicting SVC is one fitted on all the data — the scheme of ``probability=Tru
 each trained on a fraction of the data: ``cv`` times slower to predict (already ~0.5 ms a row at
 2000 training rows) and each SVC weaker on the few hundred images a head typically sees.
 
-The search's folds need no probabilities (its metrics read labels or ranks), so they call
-``fit_scores``: the one SVC, no calibration folds, a quarter of ``fit``'s cost, and up to
-``GRAM_MAX_ROWS`` training rows on a Gram matrix computed with BLAS; ``decision_scores`` then gives
-its one-vs-rest decision values. The refit calls ``fit``, so a saved model's
-probabilities are calibrated as always.
+The search's folds call ``fit_scores``: up to ``GRAM_MAX_ROWS`` training rows the same calibrated
+model, fitted on the Gram matrix computed once with BLAS (libsvm's own kernel loop was the cost of
+every fold: about 10x faster at 4,000 x 1024), whose probabilities ``decision_scores`` gives. They
+are the saved model's but for one thing: the calibration folds' SVCs use the ``gamma`` of all the
+rows where ``fit``'s compute "scale" on their own two thirds (probabilities within a few 1e-3,
+measured). Above ``GRAM_MAX_ROWS`` ``fit_scores`` is ``fit``. Scoring the folds from the bare SVC's
+decision values instead (threshold 0, no calibration) misjudged settings on imbalanced data: up to
+0.3 macro-F1 below the calibrated model's (docs/benchmarks.md).
 
 A ConvergenceWarning from ``max_iter`` is the user's to see; nothing here silences it.
 """
@@ -73,7 +76,8 @@ class SvcRbfHead(Head):
 
     def fit(self, X, y):
         X, y = self._prepare_fit(X, y)
-        self.__dict__.pop("svc_", None)  # a previous fit_scores's model must not answer decision_scores
+        for name in ("scored_", "train_"):  # a previous fit_scores's model must not answer decision_scores
+            self.__dict__.pop(name, None)
         svc = self._svc()
         folds = StratifiedKFold(self.cv, shuffle=True, random_state=self.random_state)
         self.calibrated_ = CalibratedClassifierCV(svc, method="sigmoid", cv=folds, ensemble=False).fit(X, y)
@@ -82,37 +86,31 @@ class SvcRbfHead(Head):
         return self
 
     def fit_scores(self, X, y):
+        if len(X) > GRAM_MAX_ROWS:
+            return self.fit(X, y)
         X, y = self._prepare_fit(X, y)
-        self.__dict__.pop("calibrated_", None)  # nor a previous fit's answer predict_proba
-        self.__dict__.pop("train_", None)
-        if len(X) <= GRAM_MAX_ROWS:
-            # The same RBF SVC on its Gram matrix, computed with BLAS: libsvm's own kernel loop costs
-            # max_iter x 2 x n x d scalar operations, the matrix one BLAS product (5-10x faster at a few
-            # thousand rows); the kernel values differ from libsvm's in the last bits only.
-            self.train_ = np.asarray(X, dtype=np.float64)
-            self.gamma_ = _gamma_value(self.gamma, self.train_)
-            self.svc_ = SVC(kernel="precomputed", C=self.C, tol=self.tol, max_iter=self.max_iter)
-            self.svc_.fit(rbf_kernel(self.train_, self.train_, gamma=self.gamma_), y)
-        else:
-            self.svc_ = self._svc().fit(X, y)
-        self.n_iter_ = int(np.max(self.svc_.n_iter_))
+        self.__dict__.pop("calibrated_", None)  # a previous fit's model must not answer predict_proba
+        # The kernel values differ from libsvm's in the last bits only.
+        self.train_ = np.asarray(X, dtype=np.float64)
+        self.gamma_ = _gamma_value(self.gamma, self.train_)
+        svc = SVC(kernel="precomputed", C=self.C, tol=self.tol, max_iter=self.max_iter)
+        folds = StratifiedKFold(self.cv, shuffle=True, random_state=self.random_state)
+        gram = rbf_kernel(self.train_, self.train_, gamma=self.gamma_)
+        self.scored_ = CalibratedClassifierCV(svc, method="sigmoid", cv=folds, ensemble=False).fit(gram, y)
+        self.n_iter_ = int(np.max(self.scored_.calibrated_classifiers_[0].estimator.n_iter_))
         return self
 
     def decision_scores(self, X) -> np.ndarray:
-        svc = getattr(self, "svc_", None)
-        if svc is None:  # fitted by ``fit``: the calibrated model's predicting SVC
-            svc = self.calibrated_.calibrated_classifiers_[0].estimator
-        X = self._prepare_predict(X)
-        if svc.kernel == "precomputed":
-            X = rbf_kernel(np.asarray(X, dtype=np.float64), self.train_, gamma=self.gamma_)
-        values = svc.decision_function(X)  # "ovr" shape: argmax is SVC.predict
-        return np.column_stack([-values, values]) if values.ndim == 1 else values
+        if "calibrated_" in self.__dict__:
+            return self.predict_proba(X)
+        X = np.asarray(self._prepare_predict(X), dtype=np.float64)
+        return self.scored_.predict_proba(rbf_kernel(X, self.train_, gamma=self.gamma_))
 
     def predict_proba(self, X) -> np.ndarray:
         X = self._prepare_predict(X)
         if not hasattr(self, "calibrated_"):
-            raise ValueError("this SvcRbfHead was fitted by fit_scores (decision values only, no calibration); "
-                             "call fit for probabilities.")
+            raise ValueError("this SvcRbfHead was fitted by fit_scores (on a Gram matrix, for the search's "
+                             "folds); call fit for a model that predicts new rows.")
         return self.calibrated_.predict_proba(X)
 
     @staticmethod
