@@ -15,7 +15,7 @@ are the saved model's but for one thing: the calibration folds' SVCs use the ``g
 rows where ``fit``'s compute "scale" on their own two thirds (probabilities within a few 1e-3,
 measured). Above ``GRAM_MAX_ROWS`` ``fit_scores`` is ``fit``. Scoring the folds from the bare SVC's
 decision values instead (threshold 0, no calibration) misjudged settings on imbalanced data: up to
-0.3 macro-F1 below the calibrated model's (docs/benchmarks.md).
+0.32 macro-F1 below the calibrated model's and 0.04 above it (docs/benchmarks.md).
 
 A ConvergenceWarning from ``max_iter`` is the user's to see; nothing here silences it.
 """
