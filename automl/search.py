@@ -350,9 +350,9 @@ def run_search(
                 return candidate, seed, metric, X[tr], y[tr], X[va], y[va], n_classes
 
             if fits_in == "processes":
-                scores = _in_workers(_score_in_worker, [fold(i) for i in stage.folds], workers)
+                scores = _in_workers(_score_candidate, [fold(i) for i in stage.folds], workers)
             else:
-                scores = _map(lambda i: _score_in_worker(*fold(i)), stage.folds, jobs if fits_in == "threads" else 1)
+                scores = _map(lambda i: _score_candidate(*fold(i)), stage.folds, jobs if fits_in == "threads" else 1)
             if stage.rows is None:
                 full.update(zip(stage.folds, scores))
                 scores = list(full.values())
@@ -479,7 +479,7 @@ def _score(model, metric, X_tr, y_tr, X_va, y_va, n_classes: int) -> float:
     return metric(y_va, full_proba(model, X_va, n_classes))
 
 
-def _score_in_worker(candidate: Candidate, seed: int, metric: str, *arrays_and_classes) -> float:
+def _score_candidate(candidate: Candidate, seed: int, metric: str, *arrays_and_classes) -> float:
     return _score(candidate.build(seed), metric_by_name(metric), *arrays_and_classes)
 
 

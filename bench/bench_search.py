@@ -78,8 +78,9 @@ def main() -> None:
     ap.add_argument("--store", default=str(ROOT / "bench" / "out" / "store"))
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--labels-check", action="store_true",
-                    help="only: the CV score of each svc-rbf grid setting from decision values (as the search "
-                         "scores a fold) and from the calibrated model's labels (what the saved model predicts)")
+                    help="only: the CV score of each svc-rbf grid setting from the bare SVC's decision values (as "
+                         "the search scored a fold before it scored the calibrated model) and from the calibrated "
+                         "model's labels (what the saved model predicts)")
     args = ap.parse_args()
     grid = GRID
     if args.quick:
@@ -112,7 +113,6 @@ def main() -> None:
 
     # Baseline: GridSearchCV per (extractor, head), same folds and metric.
     from sklearn.model_selection import GridSearchCV
-
 
     def scorer(est, X, y_true):
         return score(args.metric, y_true, full_proba(est, X, n_classes))
@@ -179,19 +179,23 @@ def main() -> None:
 
 
 def labels_check(features, y, folds, metric, grid, n_classes) -> None:
-    """Per extractor and svc-rbf setting of the grid: the mean CV score from decision values (as the
-    search scores its folds) and from the Platt-calibrated model's probabilities (the saved model's)."""
+    """Per extractor and svc-rbf setting of the grid: the mean CV score from the bare SVC's decision
+    values (as the search scored its folds before) and from the Platt-calibrated model's probabilities
+    (the saved model's)."""
     from sklearn.model_selection import ParameterGrid
-
-    from automl.evaluate import full_scores
 
     rows, gaps = [], []
     for name, X in features.items():
         for params in ParameterGrid(grid):
             by = {"decision": [], "calibrated": []}
             for tr, va in folds:
-                head = HEADS.get("svc-rbf")(random_state=0, **params).fit_scores(X[tr], y[tr])
-                by["decision"].append(score(metric, y[va], full_scores(head, X[va], n_classes)))
+                # The bare SVC on the head's standardised features, threshold 0: how the search scored
+                # a fold before it scored the calibrated model.
+                head = HEADS.get("svc-rbf")(random_state=0, **params)
+                svc = head._svc().fit(*head._prepare_fit(X[tr], y[tr]))
+                values = svc.decision_function(head._prepare_predict(X[va]))
+                values = np.column_stack([-values, values]) if values.ndim == 1 else values
+                by["decision"].append(score(metric, y[va], values))
                 head = HEADS.get("svc-rbf")(random_state=0, **params).fit(X[tr], y[tr])
                 by["calibrated"].append(score(metric, y[va], full_proba(head, X[va], n_classes)))
             d, c = (float(np.mean(v)) for v in by.values())
