@@ -5,6 +5,9 @@ how long the rest will take. Timings live in bench/bench_search_scale.py, never 
 
 from __future__ import annotations
 
+import threading
+import time
+
 import numpy as np
 import pytest
 from sklearn.calibration import CalibratedClassifierCV
@@ -33,7 +36,7 @@ def test_the_search_scores_an_svc_fold_as_the_saved_model_predicts(binary):
         saved = get_head("svc-rbf")(C=3.0).fit(X, labels)  # the refit: libsvm's kernel, Platt folds
         scored = get_head("svc-rbf")(C=3.0).fit_scores(X, labels)  # the search's fold: one Gram matrix
         proba, scores = full_proba(saved, X_val, 2), full_scores(scored, X_val, 2)
-        np.testing.assert_allclose(scores, proba, atol=1e-2)  # the calibration folds' gamma alone differs
+        np.testing.assert_allclose(scores, proba, atol=1e-8)  # the kernel values differ in rounding only
         assert (scores.argmax(1) == proba.argmax(1)).all()
         for name in ("macro-f1", "accuracy", "balanced-accuracy"):
             assert metric_by_name(name)(val, scores) == metric_by_name(name)(val, proba)
@@ -199,12 +202,55 @@ def test_svc_scores_from_its_gram_matrix_are_the_refits_probabilities(binary, mo
     X, y, X_val, _ = binary
     from automl.heads import svc_rbf
 
-    for gamma, atol in (("scale", 1e-2), ("auto", 1e-8), (3e-3, 1e-8)):
+    for gamma in ("scale", "auto", 3e-3):
         exact = get_head("svc-rbf")(gamma=gamma).fit(X, y)  # libsvm's kernel, as the refit
         gram = get_head("svc-rbf")(gamma=gamma).fit_scores(X, y)
-        assert gram.scored_.calibrated_classifiers_[0].estimator.kernel == "precomputed"
-        # "scale" is computed on each calibration fold by fit, on all the rows by fit_scores.
-        np.testing.assert_allclose(gram.decision_scores(X_val), exact.predict_proba(X_val), atol=atol)
-    monkeypatch.setattr(svc_rbf, "GRAM_MAX_ROWS", 100)  # above it: fit_scores is fit
-    head = get_head("svc-rbf")().fit_scores(X, y)
+        assert gram.svc_.kernel == "precomputed"
+        np.testing.assert_allclose(gram.decision_scores(X_val), exact.predict_proba(X_val), atol=1e-8)
+    monkeypatch.setattr(svc_rbf, "gram_budget", lambda: 100 ** 2 * svc_rbf.GRAM_BYTES_PER_CELL)
+    head = get_head("svc-rbf")().fit_scores(X, y)  # a fold too large for the budget: fit_scores is fit
+    assert "calibrated_" in head.__dict__ and "scored_" not in head.__dict__
     np.testing.assert_array_equal(head.decision_scores(X_val), head.predict_proba(X_val))
+
+
+def test_svc_fold_scores_equal_the_refits_probabilities_with_three_classes():
+    X, y = make_classification(n_samples=330, n_features=12, n_informative=6, n_classes=3, flip_y=0.1,
+                               random_state=5)
+    X_val = X[300:]
+    exact = get_head("svc-rbf")(C=30.0).fit(X[:300], y[:300])
+    gram = get_head("svc-rbf")(C=30.0).fit_scores(X[:300], y[:300])
+    np.testing.assert_allclose(gram.decision_scores(X_val), exact.predict_proba(X_val), atol=1e-8)
+
+
+def test_the_gram_kernel_is_built_in_blocks_within_a_memory_budget(monkeypatch):
+    from sklearn.metrics.pairwise import euclidean_distances
+
+    from automl.heads import svc_rbf
+
+    rng = np.random.default_rng(0)
+    A, B = rng.standard_normal((50, 6)), rng.standard_normal((30, 6))
+    monkeypatch.setattr(svc_rbf, "GRAM_BLOCK_ROWS", 7)  # 8 blocks, the last of one row
+    for other in (B, A):
+        expected = euclidean_distances(A, other, squared=True)
+        np.testing.assert_allclose(svc_rbf.squared_distances(A, other), expected, rtol=1e-10, atol=1e-10)
+    assert 0 < svc_rbf.available_memory() and svc_rbf.gram_budget() == svc_rbf.gram_budget()
+
+    # Threads holding the budget wait for one another: never more than the budget held at once.
+    monkeypatch.setattr(svc_rbf, "gram_budget", lambda: 10)
+    held, peak, lock = [0], [0], threading.Lock()
+
+    def hold(n):
+        with svc_rbf._reserved(n):
+            with lock:
+                held[0] += n
+                peak[0] = max(peak[0], held[0])
+            time.sleep(0.02)
+            with lock:
+                held[0] -= n
+
+    threads = [threading.Thread(target=hold, args=(n,)) for n in (6, 6, 4, 10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(5)
+    assert peak[0] <= 10 and svc_rbf._budget_held == 0 and not any(t.is_alive() for t in threads)
