@@ -33,3 +33,8 @@ class MissingDependencyError(AutomlError, ImportError):
 
 class StoreError(AutomlError):
     """The store folder is unusable (not writable, written by an incompatible version)."""
+
+
+class TooLargeError(DataError):
+    """An upload exceeds a size or count limit (files, bytes, unpacked bytes, compression ratio); the
+    message names the file, the limit and its value. The service answers it with HTTP 413."""

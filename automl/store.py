@@ -11,6 +11,7 @@ Layout (created lazily; see docs/store.md)::
       generated/<augmenter-key>/  synthetic images + provenance               (--augment)
       generators/<key>/           fine-tuned generators and adapters          (sd-*)
       extractors/<name>.keras     pretrained extractors                       (automl pretrain)
+      datasets/<id>/              dataset.json + data/ or data.npz            (uploads: automl.service.uploads)
 
 Root: ``--store DIR``, else ``$AUTOML_STORE``, else ``./store``. ``automl store check`` verifies it
 (``automl.store_check``).
@@ -58,6 +59,10 @@ class Store:
     @property
     def extractors_dir(self) -> Path:
         return self.root / "extractors"
+
+    @property
+    def datasets_dir(self) -> Path:
+        return self.root / "datasets"
 
     @property
     def optuna_url(self) -> str:
