@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
+from automl import progress as events
 from automl._files import write_json
 from automl.evaluate import COMPARED, metric_by_key, metric_by_name
 from automl.seeds import rng as stream_rng
@@ -56,14 +56,15 @@ def compare(recipe, *, progress: bool = True) -> Comparison:
     seeds = [recipe.seed + r for r in range(recipe.repeats)]
     runs: dict[str, list[dict]] = {label: [] for label in labels}
     t0 = time.perf_counter()
-    bar = tqdm(seeds, desc="compare", unit="repeat", disable=not progress, dynamic_ncols=True)
-    for seed in bar:
-        bar.set_postfix_str(f"seed {seed}")
-        results = fit_variants(recipe.model_copy(update={"seed": seed}), variants, progress=progress)
-        for label, result in zip(labels, results):
-            runs[label].append({"run": result.run_id, "test": result.record.test,
-                                "best": result.record.best.pipeline})
-    bar.close()
+    with events.stage("compare"):
+        bar = events.bar(seeds, desc="compare", unit="repeat", disable=not progress, dynamic_ncols=True)
+        for seed in bar:
+            bar.set_postfix_str(f"seed {seed}", info={"seed": seed})
+            results = fit_variants(recipe.model_copy(update={"seed": seed}), variants, progress=progress)
+            for label, result in zip(labels, results):
+                runs[label].append({"run": result.run_id, "test": result.record.test,
+                                    "best": result.record.best.pipeline})
+        bar.close()
     record = summarize(runs, labels, metric_by_name(recipe.metric).key, seed=recipe.seed)
     record.update({"data": recipe.data, "metric": recipe.metric, "repeats": recipe.repeats, "seeds": seeds,
                    "seconds": round(time.perf_counter() - t0, 1),

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
-from tqdm.auto import tqdm
 
+from automl import progress as events
 from automl.cache import EmbeddingCache
 from automl.data import BadFile, Item
 from automl.errors import DataError
@@ -77,8 +77,8 @@ def embed_items(
     seconds = build_seconds = 0.0
     computed = 0
     if todo:
-        bar = tqdm(total=len(todo), desc=f"{key.extractor}: building model", unit="img", disable=not progress,
-                   leave=False, dynamic_ncols=True)
+        bar = events.bar(total=len(todo), desc=f"{key.extractor}: building model", unit="img", disable=not progress,
+                         leave=False, dynamic_ncols=True)
         t0 = time.perf_counter()
         try:
             extractor = build()
@@ -131,7 +131,7 @@ def _plan(items: Sequence[Item], found: dict) -> tuple[list[Item], int]:
 
 
 def _compute(todo: list[Item], extractor: Extractor, cache: EmbeddingCache, found: dict, batch_size: int,
-             skip_bad: bool, bar: tqdm, workers: int, flush_every: int,
+             skip_bad: bool, bar: events.Bar, workers: int, flush_every: int,
              flush_seconds: float) -> tuple[int, list[BadFile]]:
     size = extractor.image_size
     bad: list[BadFile] = []

@@ -11,6 +11,7 @@ import os
 import platform
 import time
 import warnings
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -18,6 +19,7 @@ from typing import Sequence
 import numpy as np
 
 from automl import __version__
+from automl import progress as events
 from automl._files import write_json
 from automl.data import Dataset
 from automl.embed import EmbedResult, embed_items
@@ -178,16 +180,23 @@ def _check_writable(*folders: Path) -> None:
 def _fit_one(recipe, dataset: Dataset, store: Store, extractors: Extractors, spec, notes: list[str], progress: bool,
              baseline_id: str | None = None) -> FitResult:
     """One run, as named stages: augment (train split only), embed, search, refit, evaluate, save.
-    ``extractors``: the recipe's, resolved once by the preflight (the variants share them)."""
-    train, synthetic = _augment_stage(recipe, dataset, store, spec, progress)
-    data = _embed_stage(train, synthetic, extractors, store, recipe, progress)
-    study, storage = _search_stage(data, extractors, store, recipe, notes, progress)
+    ``extractors``: the recipe's, resolved once by the preflight (the variants share them). Each stage
+    but the save is a ``progress.stage`` ("generating" only with a variant): a listener sees them
+    start and end, and may cancel at any of their steps; the save is all or nothing."""
     from automl.search import candidate_of, leaderboard
 
-    best = _best_trial(study)
+    with events.stage("generating") if spec is not None else nullcontext():
+        train, synthetic = _augment_stage(recipe, dataset, store, spec, progress)
+    with events.stage("embedding"):
+        data = _embed_stage(train, synthetic, extractors, store, recipe, progress)
+    with events.stage("search"):
+        study, storage = _search_stage(data, extractors, store, recipe, notes, progress)
+        best = _best_trial(study)
     candidate = candidate_of(best)
-    head = _refit_stage(candidate, data, recipe, notes)
-    evaluation = _evaluate_stage(head, candidate, dataset, extractors, store, recipe, progress)
+    with events.stage("refit"):
+        head = _refit_stage(candidate, data, recipe, notes)
+    with events.stage("evaluate"):
+        evaluation = _evaluate_stage(head, candidate, dataset, extractors, store, recipe, progress)
     board = leaderboard(study)  # read once: the record's references and leaderboard.json agree
     record = _run_record(recipe, dataset, data, study, storage, best, candidate, extractors, evaluation, board,
                          baseline_id)

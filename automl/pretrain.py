@@ -41,6 +41,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from automl import progress as events
 from automl import seeds
 from automl._files import atomic_path, content_digest, remove_stale_temporaries, write_json
 from automl.data import Dataset, Item, fingerprint_array, load_dataset, stratified_holdout
@@ -133,57 +134,68 @@ def pretrain(
     root = Store(store)
     name = _check_name(name or default_name(backbone.name, data), root, overwrite)
 
-    dataset = load_dataset(data, skip_bad=skip_bad)
-    items = [it for it in dataset.items if it.split != "test"]
-    if not items:
-        raise DataError(f"{dataset.root}: no train images to pretrain on.")
-    excluded, items = _exclude(items, exclude, exclude_mode, skip_bad, log)
-    train, val, val_note = _validation_split(dataset, items, val_fraction, seed)
-    size = int(image_size)
-    batch = min(batch_size or default_batch_size(size), len(train))
-    lr = float(learning_rate or (1e-4 if weights.pretrained else 1e-3))
-    settings = Settings(backbone.name, weights.key(backbone.weights_file, seed), size, int(epochs), freeze_until,
-                        int(seed), batch, lr, float(val_fraction), int(patience),
-                        batch_norm="frozen" if weights.pretrained else f"trained, momentum {BN_MOMENTUM}")
-    data_fp = _fingerprint(train, val)
-    identity = hashlib.blake2b(json.dumps([data_fp, asdict(settings)], sort_keys=True).encode(),
-                               digest_size=8).hexdigest()
-    log(f"pretraining {backbone.name} on {dataset.root}: {len(train)} train / {len(val)} val images "
-        f"({val_note}), {len(dataset.classes)} classes, {size} px, batch {batch}, up to {epochs} epochs")
+    say = _noted(log)
+    with events.stage("pretrain"):
+        dataset = load_dataset(data, skip_bad=skip_bad)
+        items = [it for it in dataset.items if it.split != "test"]
+        if not items:
+            raise DataError(f"{dataset.root}: no train images to pretrain on.")
+        excluded, items = _exclude(items, exclude, exclude_mode, skip_bad, say)
+        train, val, val_note = _validation_split(dataset, items, val_fraction, seed)
+        size = int(image_size)
+        batch = min(batch_size or default_batch_size(size), len(train))
+        lr = float(learning_rate or (1e-4 if weights.pretrained else 1e-3))
+        settings = Settings(backbone.name, weights.key(backbone.weights_file, seed), size, int(epochs), freeze_until,
+                            int(seed), batch, lr, float(val_fraction), int(patience),
+                            batch_norm="frozen" if weights.pretrained else f"trained, momentum {BN_MOMENTUM}")
+        data_fp = _fingerprint(train, val)
+        identity = hashlib.blake2b(json.dumps([data_fp, asdict(settings)], sort_keys=True).encode(),
+                                   digest_size=8).hexdigest()
+        say(f"pretraining {backbone.name} on {dataset.root}: {len(train)} train / {len(val)} val images "
+            f"({val_note}), {len(dataset.classes)} classes, {size} px, batch {batch}, up to {epochs} epochs")
 
-    keras = import_keras()
-    models = _build(keras, backbone, weights, settings, len(dataset.classes))
-    checkpoint = root.extractors_dir / f".pretrain-{name}-{identity}"
-    state = _resume(checkpoint, identity, models, log)
-    history = _train(keras, models, settings, train, val, checkpoint, identity, state, progress, log)
+        keras = import_keras()
+        models = _build(keras, backbone, weights, settings, len(dataset.classes))
+        checkpoint = root.extractors_dir / f".pretrain-{name}-{identity}"
+        state = _resume(checkpoint, identity, models, say)
+        history = _train(keras, models, settings, train, val, checkpoint, identity, state, progress, say)
 
-    best = history["best_epoch"]
-    if best is not None:
-        models.extractor.load_weights(str(checkpoint / history["best_file"]))
-    record = {
-        "name": name,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "extractor": backbone.name,
-        "data": str(dataset.root),
-        "layout": dataset.layout,
-        "classes": dataset.classes,
-        "data_fingerprint": data_fp,
-        "counts": {"train": len(train), "val": len(val)},
-        "validation": val_note,
-        "settings": asdict(settings) | {"weights_given": weights.record()},
-        "excluded": excluded,
-        "epochs": history["epochs"],
-        "best_epoch": best,
-        "stopped_early": history["stopped_early"],
-        "resumed_after_epoch": state["epoch"] if state else None,
-        "model": {"file": f"{name}.keras", "input": [size, size, 3], "dim": backbone.dim,
-                  "takes": "RGB floats 0..255 (preprocessing inside the model)"},
-    }
-    model_path, record_path = _save(models.extractor, record, root, name)
-    shutil.rmtree(checkpoint, ignore_errors=True)
-    for stale in root.extractors_dir.glob(f".pretrain-{name}-*"):
-        shutil.rmtree(stale, ignore_errors=True)  # checkpoints of earlier settings under this name
-    return PretrainResult(name, model_path, record_path, record)
+        best = history["best_epoch"]
+        if best is not None:
+            models.extractor.load_weights(str(checkpoint / history["best_file"]))
+        record = {
+            "name": name,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "extractor": backbone.name,
+            "data": str(dataset.root),
+            "layout": dataset.layout,
+            "classes": dataset.classes,
+            "data_fingerprint": data_fp,
+            "counts": {"train": len(train), "val": len(val)},
+            "validation": val_note,
+            "settings": asdict(settings) | {"weights_given": weights.record()},
+            "excluded": excluded,
+            "epochs": history["epochs"],
+            "best_epoch": best,
+            "stopped_early": history["stopped_early"],
+            "resumed_after_epoch": state["epoch"] if state else None,
+            "model": {"file": f"{name}.keras", "input": [size, size, 3], "dim": backbone.dim,
+                      "takes": "RGB floats 0..255 (preprocessing inside the model)"},
+        }
+        model_path, record_path = _save(models.extractor, record, root, name)
+        shutil.rmtree(checkpoint, ignore_errors=True)
+        for stale in root.extractors_dir.glob(f".pretrain-{name}-*"):
+            shutil.rmtree(stale, ignore_errors=True)  # checkpoints of earlier settings under this name
+        return PretrainResult(name, model_path, record_path, record)
+
+
+def _noted(log: Callable[[str], None]) -> Callable[..., None]:
+    """``log``, each line also a progress note (with ``info``, for a service to show)."""
+    def say(line: str, **info) -> None:
+        events.note(line, **info)
+        log(line)
+
+    return say
 
 
 def default_name(extractor: str, data: str | os.PathLike) -> str:
@@ -376,8 +388,6 @@ def _resume(checkpoint: Path, identity: str, models: _Models, log) -> dict | Non
 
 def _train(keras, models: _Models, settings: Settings, train: list[Item], val: list[Item], checkpoint: Path,
            identity: str, state: dict | None, progress: bool, log) -> dict:
-    from tqdm.auto import tqdm
-
     model = models.train
     history = state["history"] if state else {"epochs": [], "best_epoch": None, "best_file": None,
                                               "best_val_loss": None, "wait": 0, "stopped_early": False}
@@ -393,14 +403,14 @@ def _train(keras, models: _Models, settings: Settings, train: list[Item], val: l
         order = seeds.rng(settings.seed, "pretrain", "epoch", epoch).permutation(len(train))
         steps = len(train) // batch  # drop the short last batch: one batch shape, one traced graph
         losses, accuracies = [], []  # train_on_batch reports each batch alone: averaged here
-        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{settings.epochs}", unit="batch", disable=not progress,
-                   leave=False, dynamic_ncols=True)
+        bar = events.bar(total=steps, desc=f"epoch {epoch + 1}/{settings.epochs}", unit="batch",
+                         disable=not progress, leave=False, dynamic_ncols=True)
         try:
             for idx, x in _batches([train[i] for i in order[:steps * batch]], batch, size):
                 logs = model.train_on_batch(x, y_train[order[idx]], return_dict=True)
                 losses.append(float(logs["loss"]))
                 accuracies.append(float(logs["accuracy"]))
-                bar.set_postfix(loss=f"{np.mean(losses):.4f}")
+                bar.set_postfix_str(f"loss={np.mean(losses):.4f}", info={"loss": float(np.mean(losses))})
                 bar.update(1)
         finally:
             bar.close()
@@ -428,7 +438,8 @@ def _train(keras, models: _Models, settings: Settings, train: list[Item], val: l
                 old.unlink(missing_ok=True)
         log(f"epoch {epoch + 1}/{settings.epochs}: loss {row['loss']:.4f} acc {row['accuracy']:.3f}  val_loss "
             f"{val_loss:.4f} val_acc {val_acc:.3f}  lr {lr:.2e}  {row['seconds']:.0f} s"
-            + ("  (best)" if improved else "") + ("  early stop" if history["stopped_early"] else ""))
+            + ("  (best)" if improved else "") + ("  early stop" if history["stopped_early"] else ""),
+            **row, best=improved, stopped_early=history["stopped_early"])
     return history
 
 
@@ -460,6 +471,7 @@ def _evaluate(model, items: list[Item], batch: int, size: int) -> tuple[float, f
     """Validation loss and accuracy; the short last batch is padded so the graph is traced once."""
     probs = []
     for start in range(0, len(items), batch):
+        events.checkpoint()
         chunk = items[start:start + batch]
         x = np.stack([it.load(size) for it in chunk]).astype(np.float32)
         if len(x) < batch:

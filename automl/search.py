@@ -27,7 +27,6 @@ import json
 import math
 import os
 import socket
-import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -35,8 +34,8 @@ from functools import lru_cache
 from typing import Mapping, Sequence
 
 import numpy as np
-from tqdm.auto import tqdm
 
+from automl import progress as events
 from automl.evaluate import full_proba, full_scores, metric_by_name
 from automl.seeds import derive
 
@@ -330,6 +329,7 @@ def run_search(
         X = features[candidate.extractor]
         scores = []
         for step, (tr, va) in enumerate(folds):
+            events.checkpoint()
             model = candidate.build(seed, LEGACY_HEAD_PARAMS)
             model.fit(X[tr], y[tr])
             scores.append(objective_metric(y[va], full_proba(model, X[va], n_classes)))
@@ -344,6 +344,8 @@ def run_search(
         fits_in = HEADS.get(candidate.head).parallel_fits
         full: dict[int, float] = {}
         for step, stage in enumerate(stages):
+            events.checkpoint()  # a listener may cancel here: the trial then ends as at a Ctrl-C (interrupted)
+
             def fold(i, rows=stage.rows) -> tuple:  # what scoring fold i at this stage takes
                 tr, va = folds[i]
                 tr = tr if rows is None else rung_rows[i, rows]
@@ -378,23 +380,25 @@ def run_search(
             if bar is None:
                 if n_trials is not None and tally.finished >= n_trials:
                     break
-                bar = tqdm(total=None if n_trials is None else n_trials - tally.finished, desc="search",
-                           unit="trial", disable=not progress, dynamic_ncols=True)
+                bar = events.bar(total=None if n_trials is None else n_trials - tally.finished, desc="search",
+                                 unit="trial", disable=not progress, dynamic_ncols=True)
                 start, began, estimated = tally.finished, time.monotonic(), False
-            _show(bar, study, metric, tally.finished - start)
+            _show(bar, study, metric, tally.finished - start, tally.finished)
             if not estimated and tally.finished - start >= ESTIMATE_AFTER:
                 estimated = True
-                if progress:
-                    bar.write(estimate_line(tally.finished - start, time.monotonic() - began,
-                                            None if n_trials is None else n_trials - tally.finished,
-                                            None if deadline is None else max(0.0, deadline - time.monotonic())),
-                              file=sys.stderr)  # beside the bar, out of the results on stdout
+                done, elapsed = tally.finished - start, time.monotonic() - began
+                left = None if n_trials is None else n_trials - tally.finished
+                time_left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                # On stderr beside the bar, out of the results on stdout.
+                events.note(estimate_line(done, elapsed, left, time_left), echo=progress, trials=done,
+                            elapsed_s=elapsed, left=left, time_left_s=time_left)
             if n_trials is not None and tally.finished >= n_trials:
                 break
             if deadline is not None and time.monotonic() >= deadline:
                 break
             if n_trials is not None and tally.finished + tally.running >= n_trials:
                 time.sleep(_POLL_S)  # the budget is in other processes' hands: wait for their results
+                events.checkpoint()
                 continue
             session.retrying("running a trial", lambda: _one_trial(study, objective, sampler))
     finally:
@@ -517,12 +521,18 @@ def _state(study, number: int):
     return next(t.state for t in study.get_trials(deepcopy=False) if t.number == number)
 
 
-def _show(bar, study, metric: str, done: int) -> None:
+def _show(bar, study, metric: str, done: int, finished: int) -> None:
+    """Move the search's bar to ``done`` trials of this search; its events carry the study's
+    ``finished`` trials and the best one so far (the terminal shows the best only, as ever)."""
     if done > bar.n:
-        bar.update(done - bar.n)
         best = best_trial(study)
+        bar.info = {"trials": finished}
         if best is not None:
-            bar.set_postfix_str(f"best {metric} {best.value:.4f}: {describe_trial(best)}"[:90])
+            pipeline = describe_trial(best)
+            bar.info.update(best=best.value, metric=metric, pipeline=pipeline)
+        bar.update(done - bar.n)
+        if best is not None:
+            bar.set_postfix_str(f"best {metric} {best.value:.4f}: {pipeline}"[:90], info=bar.info)
 
 
 class _Tally:
@@ -566,7 +576,7 @@ class _Session:
             try:
                 return fn()
             except Exception as e:
-                if not _locked(e):
+                if isinstance(e, events.Cancelled) or not _locked(e):
                     raise
                 if attempt == _LOCK_TRIES - 1:
                     where = self.url if self.url.startswith("sqlite") else f"the {self.url.split(':')[0]} database"

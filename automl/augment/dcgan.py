@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-from tqdm.auto import tqdm
 
+from automl import progress as events
 from automl.augment.base import Augmenter, image_seed, register
 from automl._files import atomic_write, remove_stale_temporaries, write_json
 from automl.errors import ConfigError
@@ -164,8 +164,8 @@ class DCGAN(Augmenter):
         loss = nn.BCEWithLogitsLoss()
         ones = torch.ones(batch, device=device)
         zeros = torch.zeros(batch, device=device)
-        bar = tqdm(total=p["epochs"] * steps_per_epoch, initial=start_epoch * steps_per_epoch,
-                   desc=f"dcgan {class_name}", unit="step", disable=not progress, dynamic_ncols=True)
+        bar = events.bar(total=p["epochs"] * steps_per_epoch, initial=start_epoch * steps_per_epoch,
+                         desc=f"dcgan {class_name}", unit="step", disable=not progress, dynamic_ncols=True)
         t0, last_save = time.perf_counter(), time.perf_counter()
         try:
             for epoch in range(start_epoch, p["epochs"]):
@@ -188,8 +188,10 @@ class DCGAN(Augmenter):
                     loss_g = loss(discriminator(fake), ones[:b])
                     loss_g.backward()
                     opt_g.step()
-                    sums += (loss_d.item(), loss_g.item())
-                    bar.set_postfix_str(f"loss_D {loss_d.item():.3f} loss_G {loss_g.item():.3f}", refresh=False)
+                    step_d, step_g = loss_d.item(), loss_g.item()
+                    sums += (step_d, step_g)
+                    bar.set_postfix_str(f"loss_D {step_d:.3f} loss_G {step_g:.3f}", refresh=False,
+                                        info={"loss_d": step_d, "loss_g": step_g})
                     bar.update(1)
                 history.append({"epoch": epoch + 1, "loss_d": round(float(sums[0]) / steps_per_epoch, 4),
                                 "loss_g": round(float(sums[1]) / steps_per_epoch, 4)})

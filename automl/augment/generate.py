@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from tqdm.auto import tqdm
 
+from automl import progress as events
 from automl import seeds
 from automl._files import atomic_write, write_json
 from automl.augment.base import Augmenter, build_augmenter
@@ -85,11 +85,11 @@ def augment(train: Sequence[Item], classes: Sequence[str], spec: AugmentSpec, *,
         work_dir.mkdir(parents=True, exist_ok=True)
         augmenter.fit(by_class, list(classes), [c for c, m in missing.items() if m], work_dir, seed, progress)
         fit_seconds = time.perf_counter() - t0
-        bar = tqdm(total=todo, desc=f"generate {augmenter.name}", unit="img", disable=not progress,
-                   dynamic_ncols=True)
+        bar = events.bar(total=todo, desc=f"generate {augmenter.name}", unit="img", disable=not progress,
+                         dynamic_ncols=True)
         try:
             for c, indices in missing.items():
-                bar.set_postfix_str(f"class {classes[c]}")
+                bar.set_postfix_str(f"class {classes[c]}", info={"class": classes[c]})
                 order = _source_order(by_class[c], c, seed) if augmenter.uses_sources else None
                 for start in range(0, len(indices), CHUNK):
                     chunk = indices[start:start + CHUNK]

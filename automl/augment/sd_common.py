@@ -27,6 +27,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from automl import progress as events
 from automl import seeds
 from automl.augment.base import Augmenter, image_seed
 from automl.errors import ConfigError, WeightsUnavailableError
@@ -257,11 +258,10 @@ def warn_cpu(device: str, what: str) -> None:
 
 def estimate(device: str, what: str, seconds: float, remaining: int, unit: str) -> None:
     if device == "cpu" and remaining > 0:
-        from tqdm.auto import tqdm
-
         total = seconds * remaining
-        tqdm.write(f"{what} on CPU: {seconds:.2f} s per {unit} measured; about {_duration(total)} for the "
-                   f"remaining {remaining} {unit}s", file=sys.stderr)
+        events.note(f"{what} on CPU: {seconds:.2f} s per {unit} measured; about {_duration(total)} for the "
+                    f"remaining {remaining} {unit}s", echo=True, seconds_per_unit=seconds, remaining=remaining,
+                    unit=unit)
 
 
 def _duration(seconds: float) -> str:
@@ -290,6 +290,7 @@ def run_pipeline(pipe, prompts: Sequence[str], seeds: Sequence[int], *, batch_si
 
     out: list[np.ndarray] = []
     for start in range(0, len(prompts), batch_size):
+        events.checkpoint()  # a batch can take minutes on a CPU: a listener may cancel between them
         stop = min(start + batch_size, len(prompts))
         t0 = time.perf_counter()
         call = dict(kwargs)

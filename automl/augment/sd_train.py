@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from automl import progress as events
 from automl import seeds
 from automl._files import atomic_folder, atomic_write, write_json
 from automl.augment.sd_common import (estimate, image_seed, inference_dtype, is_sdxl, load_pipeline, quiet_loading,
@@ -61,12 +62,10 @@ def class_images(folder: Path, out: Path, prompt: str, n: int, *, label: int, se
     out.mkdir(parents=True, exist_ok=True)
     missing = [k for k in range(n) if not (out / f"{k:05d}.png").is_file()]
     if missing:
-        from tqdm.auto import tqdm
-
         warn_cpu(device, "prior-preservation class images")
         pipe = _ddim(load_pipeline(folder, "text2img", device, inference_dtype(device, p["precision"])))
-        bar = tqdm(total=len(missing), desc=f"class images {prompt!r}", unit="img", disable=not progress,
-                   dynamic_ncols=True)
+        bar = events.bar(total=len(missing), desc=f"class images {prompt!r}", unit="img", disable=not progress,
+                         dynamic_ncols=True)
         first = [True]
 
         def timer(per_image: float, remaining: int) -> None:
@@ -162,7 +161,6 @@ def train(parts: dict, instance: list[tuple[np.ndarray, str]], *, prior: list[tu
     their prompts (plus ``prior`` images, weighted by ``prior_weight``). Returns what was done."""
     import torch
     import torch.nn.functional as F
-    from tqdm.auto import tqdm
 
     autocast_dtype, scaled = training_precision(device, precision)
     savers = memory_savers == "on" or (memory_savers == "auto" and device.startswith("cuda"))
@@ -205,7 +203,7 @@ def train(parts: dict, instance: list[tuple[np.ndarray, str]], *, prior: list[tu
     prior_px = pixels([im for im, _ in prior]) if prior else None
     generator = torch.Generator("cpu").manual_seed(seed)
     rng = seeds.rng(seed, "train", "batches")
-    bar = tqdm(range(steps), desc=desc, unit="step", disable=not progress, dynamic_ncols=True)
+    bar = events.bar(range(steps), desc=desc, unit="step", disable=not progress, dynamic_ncols=True)
     losses: list[float] = []
     t_start = time.perf_counter()
     for step in bar:
@@ -253,7 +251,7 @@ def train(parts: dict, instance: list[tuple[np.ndarray, str]], *, prior: list[tu
             with torch.no_grad():
                 after_step()
         losses.append(float(loss.detach()))
-        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        bar.set_postfix_str(f"loss={losses[-1]:.4f}", info={"loss": losses[-1]})
         if step == 0:
             estimate(device, desc, time.perf_counter() - t0, steps - 1, "step")
     bar.close()
