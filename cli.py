@@ -464,6 +464,55 @@ def demo_data(
     typer.echo(f"wrote {classes * per_class} digit images ({classes} classes) to {folder}/train and {folder}/test")
 
 
+# --- the service -------------------------------------------------------------------------------------
+
+QueueUrl = Annotated[Optional[str], typer.Option(
+    "--queue", envvar="AUTOML_QUEUE", help="Job queue URL: sqlite:///FILE (default: the store's queue.db) or "
+    "redis://HOST:PORT/DB.")]
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    store: StoreDir = None,
+    queue: QueueUrl = None,
+    workers: Annotated[int, typer.Option(
+        help="Also run a worker with this many processes beside the server (one machine); 0: start workers "
+        "with `automl worker`.")] = 0,
+    token_file: Annotated[Optional[Path], typer.Option(
+        help="File holding the API token clients send as 'Authorization: Bearer TOKEN' (else $AUTOML_TOKEN).")] = None,
+    no_auth: Annotated[bool, typer.Option(
+        "--no-auth", help="No token (only on a loopback --host).")] = False,
+    allow_root: Annotated[Optional[List[Path]], typer.Option(
+        "--allow-root", help="A server folder clients may register datasets from and name files under; "
+        "repeatable.")] = None,
+    max_upload: Annotated[int, typer.Option(help="Largest request body in MiB.")] = 2048,
+    storage: Annotated[Optional[str], typer.Option(
+        help="Optuna storage URL for the searches (default: the store's SQLite).")] = None,
+) -> None:
+    """Serve the HTTP API (FastAPI + uvicorn): datasets, jobs with live progress, results, predict."""
+    from automl.service.run import serve as run_server
+
+    run_server(host=host, port=port, store=store, queue=queue, workers=workers, token_file=token_file,
+               no_auth=no_auth, allowed_roots=allow_root or [], max_upload_mib=max_upload, storage=storage,
+               log=lambda line: typer.echo(line, err=True))
+
+
+@app.command()
+def worker(
+    store: StoreDir = None,
+    queue: QueueUrl = None,
+    queue_name: Annotated[str, typer.Option(
+        help="Which named queue to take jobs from (a job names its queue; default 'default').")] = "default",
+    concurrency: Annotated[int, typer.Option(help="Jobs run at once, one process each.")] = 1,
+) -> None:
+    """Run jobs from the queue until stopped (Ctrl-C / SIGTERM): what `automl serve` submits."""
+    from automl.service.run import worker as run_worker
+
+    run_worker(store=store, queue=queue, queue_name=queue_name, concurrency=concurrency)
+
+
 def _show_bytes(error: UnicodeEncodeError) -> tuple[str, int]:
     """An encoding error handler for the terminal: a file name's byte that is not UTF-8 (Python holds
     it as a surrogate escape) prints as ``\\xNN``, anything else unprintable as its ``\\uNNNN`` escape,

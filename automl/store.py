@@ -12,6 +12,8 @@ Layout (created lazily; see docs/store.md)::
       generators/<key>/           fine-tuned generators and adapters          (sd-*)
       extractors/<name>.keras     pretrained extractors                       (automl pretrain)
       datasets/<id>/              dataset.json + data/ or data.npz            (uploads: automl.service.uploads)
+      jobs/<job-id>/              job.json + events.jsonl                     (automl serve, automl worker)
+      queue.db                    the embedded job queue (Huey, SQLite)       (automl serve, automl worker)
 
 Root: ``--store DIR``, else ``$AUTOML_STORE``, else ``./store``. ``automl store check`` verifies it
 (``automl.store_check``).
@@ -59,6 +61,10 @@ class Store:
     @property
     def extractors_dir(self) -> Path:
         return self.root / "extractors"
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.root / "jobs"
 
     @property
     def datasets_dir(self) -> Path:

@@ -11,8 +11,8 @@ from conftest import ROOT
 
 PACKAGE = ROOT / "automl"
 # A sub-package is one node: its modules may import each other.
-PACKAGES = ("extractors", "heads", "augment", "recipe")
-BOTTOM = {"errors", "registry", "_imports", "_files", "params", "seeds"}
+PACKAGES = ("extractors", "heads", "augment", "recipe", "service")
+BOTTOM = {"errors", "registry", "_imports", "_files", "params", "seeds", "progress"}
 COMPONENTS = {"extractors", "heads", "augment"}
 ORCHESTRATION = {"pipeline", "search", "store", "runs", "api", "comparison", "report", "recipe", "pretrain"}
 
@@ -96,6 +96,13 @@ def test_components_never_import_the_orchestration():
     for component in COMPONENTS:
         assert not edges[component] & ORCHESTRATION, \
             f"automl.{component} imports {sorted(edges[component] & ORCHESTRATION)}"
+
+
+def test_only_the_command_line_imports_the_service():
+    # The service sits on top of everything: a library module importing it would pull FastAPI and
+    # the queue into every fit.
+    importers = sorted(m for m, targets in graph().items() if "service" in targets and m != "service")
+    assert importers == []
 
 
 def test_the_checker_sees_circles_and_hidden_imports(tmp_path):

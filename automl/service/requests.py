@@ -1,0 +1,110 @@
+"""A job request from the network, made into what a job stores and runs: a recipe validated by the
+same pydantic model as a recipe file, with what the server decides filled in and what a client must
+not reach refused.
+
+- ``data`` names a dataset of the store (``POST /datasets`` answered its id), never a server path.
+- ``store`` and ``storage`` are the server's: a request that sets them is refused.
+- Paths a recipe may hold (``weights`` as a file, a ``file:`` extractor, an augmenter parameter that
+  names a local path) must lie under one of the server's allowed roots (``--allow-root``) or the
+  store's own ``extractors/``; anything else is refused, so a request cannot make the server read an
+  arbitrary file. Files it does read load as data only (the product's rule for every file).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+from pydantic import ValidationError
+
+from automl.errors import ConfigError
+from automl.recipe import Recipe
+from automl.recipe.explain import RecipeError
+from automl.recipe.model import explain_errors
+from automl.store import Store
+
+SERVER_KEYS = ("store", "storage")
+SOURCE = "the request's recipe"
+
+
+def validate_recipe(store: Store, body: Any, *, allowed_roots: Sequence[Path] = (), storage: str | None = None) -> dict:
+    """The job's stored request: ``{"recipe": <the recipe's set keys, JSON>, "dataset": <id>}``, with
+    ``data`` the dataset's path and ``store`` / ``storage`` the server's. ``RecipeError`` (HTTP 422)
+    naming the key for anything wrong."""
+    from automl.service.uploads import DatasetNotFoundError, get_dataset
+
+    if not isinstance(body, dict):
+        raise RecipeError([f"the recipe is {type(body).__name__}; expected a JSON object of recipe keys, at least "
+                           '{"data": "<dataset id>"}.'], source=SOURCE)
+    refused = [k for k in SERVER_KEYS if k in body]
+    if refused:
+        raise RecipeError([f"{k}: set by the server (its --store / --storage); remove it from the request."
+                           for k in refused], source=SOURCE)
+    data = body.get("data")
+    if not isinstance(data, str) or not data:
+        raise RecipeError(['data: expected the id of a dataset of this server (POST /datasets answers it, '
+                           'GET /datasets lists them), e.g. "sha256-3f2a...".'], source=SOURCE)
+    try:
+        dataset = get_dataset(store, data)
+    except DatasetNotFoundError as exc:
+        raise RecipeError([f"data: {exc}"], source=SOURCE) from None
+    given = {**body, "data": str(dataset.path), "store": str(store.root)}
+    if storage:
+        given["storage"] = storage
+    recipe = _validated(store, given)
+    _check_paths(store, recipe, allowed_roots)
+    return {"recipe": recipe.model_dump(mode="json", exclude_unset=True), "dataset": dataset.id}
+
+
+def recipe_for_job(store: Store, request: dict) -> Recipe:
+    """The recipe a job runs (its stored request, validated again: the server's registries may have
+    changed since, e.g. a pretrained extractor removed)."""
+    return _validated(store, request["recipe"])
+
+
+def _validated(store: Store, data: dict) -> Recipe:
+    try:
+        recipe = Recipe.model_validate(data, context={"extractor_store": str(store.root)})
+    except ValidationError as exc:
+        raise RecipeError(explain_errors(exc), source=SOURCE) from None
+    recipe._source = SOURCE
+    return recipe
+
+
+def _check_paths(store: Store, recipe: Recipe, allowed_roots: Sequence[Path]) -> None:
+    from automl.extractors import Weights, resolve
+
+    roots = [Path(r).resolve() for r in allowed_roots] + [store.extractors_dir.resolve()]
+    problems = []
+    if not Weights.keyword(recipe.weights):
+        problems += _outside("weights", recipe.weights, roots)
+    for i, name in enumerate(recipe.extractors):
+        path = getattr(resolve(name, store), "path", None)
+        if path is not None:
+            problems += _outside(f"extractors[{i}]", path, roots)
+    for i, spec in enumerate(recipe.augment or []):
+        for key, value in spec.params.items():
+            if isinstance(value, str) and (os.path.isabs(value) or os.path.exists(value)):
+                problems += _outside(f"augment[{i}].params.{key}", value, roots)
+    if problems:
+        raise RecipeError(problems, source=SOURCE)
+
+
+def _outside(field: str, value: Any, roots: Sequence[Path]) -> list[str]:
+    path = Path(os.fspath(value)).expanduser().resolve()
+    if any(path == root or root in path.parents for root in roots):
+        return []
+    where = ", ".join(str(r) for r in roots)
+    return [f"{field}: {value} is a path outside the folders this server reads ({where}); put the file under one "
+            "of them (the server's --allow-root) or upload what it holds."]
+
+
+def check_kind_fields(kind: str, recipe: dict) -> None:
+    """Keys that make no sense for a kind are refused rather than ignored."""
+    if kind == "embed":
+        extra = sorted(set(recipe) - {"data", "extractors", "weights", "image_size", "precision", "batch_size",
+                                      "seed", "skip_bad", "name"})
+        if extra:
+            raise ConfigError(f"an embed job reads data, extractors, weights, image_size, precision, batch_size, "
+                              f"seed and skip_bad; remove {', '.join(extra)} (or submit a fit).")
