@@ -478,8 +478,8 @@ def serve(
     store: StoreDir = None,
     queue: QueueUrl = None,
     workers: Annotated[int, typer.Option(
-        help="Also run a worker with this many processes beside the server (one machine); 0: start workers "
-        "with `automl worker`.")] = 0,
+        help="Also run a worker beside the server (one machine) running this many jobs at once; 0: start "
+        "workers with `automl worker`.")] = 0,
     token_file: Annotated[Optional[Path], typer.Option(
         help="File holding the API token clients send as 'Authorization: Bearer TOKEN' (else $AUTOML_TOKEN).")] = None,
     no_auth: Annotated[bool, typer.Option(
@@ -505,7 +505,7 @@ def worker(
     queue: QueueUrl = None,
     queue_name: Annotated[str, typer.Option(
         help="Which named queue to take jobs from (a job names its queue; default 'default').")] = "default",
-    concurrency: Annotated[int, typer.Option(help="Jobs run at once, one process each.")] = 1,
+    concurrency: Annotated[int, typer.Option(help="Jobs run at once (threads of one process).")] = 1,
 ) -> None:
     """Run jobs from the queue until stopped (Ctrl-C / SIGTERM): what `automl serve` submits."""
     from automl.service.run import worker as run_worker

@@ -86,8 +86,8 @@ class Service:
 
     def _start(self, name: str, *args: str) -> subprocess.Popen:
         log = open(self.logs / f"{name}-{time.monotonic_ns()}.log", "wb")
-        return subprocess.Popen([sys.executable, "-m", "automl", *args, "--store", str(self.store), "--queue", self.queue],
-                                env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        command = [sys.executable, "-m", "automl", *args, "--store", str(self.store), "--queue", self.queue]
+        return subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
 
     def start_worker(self) -> None:
         self.worker = self._start("worker", "worker", "--concurrency", "1")

@@ -46,7 +46,8 @@ class ServiceConfig:
     warm_models: int = 4
 
 
-STATUS = ((TooLargeError, 413), (NotFoundError, 404), (DatasetNotFoundError, 404), (ConflictError, 409), (MissingDependencyError, 503),
+STATUS = ((TooLargeError, 413), (NotFoundError, 404), (DatasetNotFoundError, 404), (ConflictError, 409),
+          (MissingDependencyError, 503),
           (WeightsUnavailableError, 503), (StoreError, 500), (DataError, 422), (ConfigError, 422), (AutomlError, 422))
 
 
@@ -321,7 +322,8 @@ def create_app(config: ServiceConfig):
     def comparison(comparison_id: str) -> dict:
         folder = comparison_folder(comparison_id)
         table = folder / "table.txt"
-        return {"record": read_json(folder / "comparison.json"), "table": table.read_text() if table.is_file() else None,
+        return {"record": read_json(folder / "comparison.json"),
+                "table": table.read_text() if table.is_file() else None,
                 "files": {n: f"/comparisons/{comparison_id}/files/{n}" for n in COMPARISON_FILES
                           if (folder / n).is_file()}}
 

@@ -5,7 +5,7 @@ not enough, chosen by one URL (``--queue`` / ``$AUTOML_QUEUE``)::
     redis://host:6379/0            a Redis server (workers on several machines sharing the store)
 
 Why Huey: one maintained library with both an embedded storage (SQLite, nothing to run) and Redis,
-process or thread workers with health checks, and a small API. It carries only job ids: the job's
+workers with health checks and periodic tasks, and a small API. It carries only job ids: the job's
 record in the store (``automl.service.jobs``) is the truth, so a worker killed mid-job (which Huey
 would simply lose) is found by ``Jobs.reap`` and queued again.
 
@@ -72,7 +72,7 @@ def _serializer():
 class Queue:
     """One named Huey queue at ``url``, with the automl task registered on it."""
 
-    def __init__(self, url: str, name: str = "default", *, immediate: bool = False, task=None):
+    def __init__(self, url: str, name: str = "default", *, immediate: bool = False):
         try:
             import huey
         except ImportError as exc:
@@ -97,9 +97,9 @@ class Queue:
         else:
             raise ConfigError(f"queue URL {url!r}: expected sqlite:///path/to/queue.db or redis://host:port/db "
                               f"(--queue or ${ENV}).")
-        if task is None:
-            from automl.service.worker import run_job as task
-        self._run = self.huey.task(name=TASK, retries=0)(task)
+        from automl.service.worker import run_job
+
+        self._run = self.huey.task(name=TASK, retries=0)(run_job)
 
     def enqueue(self, store_root: Path, job_id: str) -> None:
         self._run(str(store_root), job_id)

@@ -72,8 +72,8 @@ def serve(*, host: str, port: int, store: Path | None, queue: str | None, worker
         env = {**os.environ, "AUTOML_QUEUE": url}
         env.pop(TOKEN_ENV, None)
         child = subprocess.Popen([sys.executable, "-m", "automl", "worker", "--store", str(root),
-                                  "--concurrency", str(workers)], env=env)
-        log(f"worker: pid {child.pid}, {workers} process(es)")
+                                  "--concurrency", str(workers)], env=env, preexec_fn=_die_with_parent)
+        log(f"worker: pid {child.pid}, {workers} job(s) at once")
     log(f"serving on http://{host}:{port} (store {root}; auth {'off' if no_auth else 'bearer token'})")
     try:
         uvicorn.run(app, host=host, port=port, log_level="info")
@@ -95,3 +95,13 @@ def worker(*, store: Path | None, queue: str | None, queue_name: str, concurrenc
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     root = Store(store).root
     serve_worker(str(root), queue_url(queue, root), queue=queue_name, concurrency=concurrency)
+
+
+def _die_with_parent() -> None:
+    """In the worker ``serve --workers`` starts (before exec): Linux kills it when the server dies,
+    even by SIGKILL, so no worker outlives its server."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)

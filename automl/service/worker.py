@@ -11,9 +11,6 @@ leave it, so re-submitting (or ``POST /jobs/{id}/retry``) reuses what was finish
 from __future__ import annotations
 
 import logging
-import os
-import signal
-import sys
 import time
 from pathlib import Path
 
@@ -55,8 +52,8 @@ class JobListener:
             if last is not None and now - last < PROGRESS_EVERY_S and not ending:
                 return
             self._last[event.desc] = now
-            self.heartbeat.fields["progress"] = {k: data.get(k) for k in
-                                                 ("stage", "desc", "done", "total", "unit", "elapsed_s", "eta_s", "info")}
+            shown = ("stage", "desc", "done", "total", "unit", "elapsed_s", "eta_s", "info")
+            self.heartbeat.fields["progress"] = {k: data.get(k) for k in shown}
         self.jobs.add_event(self.job_id, data)
 
 
@@ -114,7 +111,8 @@ def _embed(store: Store, request: dict) -> dict:
                                 image_size=recipe.image_size, precision=recipe.precision, seed=recipe.seed,
                                 batch_size=recipe.batch_size, skip_bad=recipe.skip_bad, progress=False)
     return {"embeddings": [{"extractor": r.key.extractor, "images": r.images, "cached": r.cache_hits,
-                            "computed": r.computed, "dim": int(r.embeddings.shape[1]) if r.embeddings.ndim == 2 else None,
+                            "computed": r.computed,
+                            "dim": int(r.embeddings.shape[1]) if r.embeddings.ndim == 2 else None,
                             "bad_files": [str(b.path) for b in r.bad_files]} for r in results]}
 
 
@@ -140,43 +138,25 @@ def take_back(store: Store, url: str) -> list[tuple[str, str]]:
 
 
 def serve_worker(store_root: str, url: str, *, queue: str = "default", concurrency: int = 1) -> None:
-    """Run a Huey consumer on ``queue`` until SIGINT/SIGTERM: ``concurrency`` worker processes, each
-    running one job at a time; running jobs of dead workers are taken back at start and every minute."""
+    """Run a Huey consumer on ``queue`` until SIGINT/SIGTERM: ``concurrency`` jobs at once, each in a
+    thread of this process; running jobs of dead workers are taken back at start and every minute."""
     from huey import crontab
 
     from automl.service.queue import REAP, Queue
 
     store = Store(store_root)
     store.ensure()
-    q = Queue(url, queue, task=_run_in_process)
+    q = Queue(url, queue)
 
     def reap() -> None:
         take_back(store, url)
 
     q.huey.periodic_task(crontab(minute=REAP_EVERY), name=REAP)(reap)
     take_back(store, url)
-    consumer = q.huey.create_consumer(workers=concurrency, worker_type="process", periodic=True,
+    # Threads, not Huey's worker processes: then the whole worker is one process, and killing it (kill -9,
+    # a crash) leaves nothing running behind it (a process consumer's scheduler outlives its parent).
+    consumer = q.huey.create_consumer(workers=concurrency, worker_type="thread", periodic=True,
                                       check_worker_health=True, health_check_interval=5)
-    log.info("worker: store %s, queue %s (%s), %d process(es)", store.root, queue, url, concurrency)
+    log.info("worker: store %s, queue %s (%s), %d job(s) at once", store.root, queue, url, concurrency)
     consumer.run()
 
-
-def _run_in_process(store_root: str, job_id: str) -> str | None:
-    """``run_job`` in a consumer's worker process, which dies with the consumer: a worker killed with
-    SIGKILL leaves no job running on behind it (``reap`` then sees a dead process and queues it again)."""
-    _die_with_parent()
-    return run_job(store_root, job_id)
-
-
-def _die_with_parent() -> None:
-    if sys.platform != "linux":
-        return
-    import ctypes
-
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    import multiprocessing
-
-    parent = multiprocessing.parent_process()
-    if parent is not None and os.getppid() != parent.pid:  # the consumer died before prctl took effect
-        os._exit(1)
