@@ -234,3 +234,22 @@ def test_a_queued_job_cancelled_never_runs_and_a_dead_workers_job_is_taken_back(
     assert jobs.reap() == []
     assert jobs.reap(stale_s=-1) == [(job["id"], "queued")]
     assert not jobs.beat(job["id"], alive)  # the old holder's heartbeat no longer counts
+
+
+def test_a_pretrain_job_saves_an_extractor_a_fit_names(service, tmp_path):
+    from conftest import class_folders
+
+    client, _, root = service
+    data = class_folders(tmp_path / "pre" / "train", {"a": 8, "b": 8}, size=(40, 40), seed=1).parent
+    class_folders(data / "test", {"a": 2, "b": 2}, size=(40, 40), seed=2)
+    dataset = client.post("/datasets", headers=AUTH, files={"file": ("pre.zip", zipped(data), "application/zip")})
+    assert dataset.status_code == 201, dataset.text
+    options = {"data": dataset.json()["id"], "extractor": "inception-v3", "weights": "none", "image_size": 75,
+               "epochs": 1, "name": "tiny"}
+    for bad, words in (({"epochs": 0}, "epochs"), ({"extractor": "nope"}, "nope"), ({"store": "/x"}, "store"),
+                       ({"exclude": ["sha256-" + "1" * 32]}, "exclude[0]"), ({"weights": "/etc/passwd"}, "outside")):
+        answer = client.post("/jobs", headers=AUTH, json={"kind": "pretrain", "recipe": {**options, **bad}})
+        assert answer.status_code == 422 and words in answer.json()["error"]["message"], answer.text
+    job = client.post("/jobs", headers=AUTH, json={"kind": "pretrain", "recipe": options}).json()
+    assert job["state"] == "succeeded", job["error"]
+    assert job["result"]["extractor"] == "tiny" and (root / "store" / "extractors" / "tiny.keras").is_file()

@@ -68,7 +68,7 @@ def create_app(config: ServiceConfig):
     from automl.service import uploads
     from automl.service.predictor import WarmModels
     from automl.service.queue import Queue, queue_url
-    from automl.service.requests import check_kind_fields, validate_recipe
+    from automl.service.requests import check_kind_fields, validate_pretrain, validate_recipe
 
     store = Store(config.store)
     store.ensure()
@@ -217,7 +217,10 @@ def create_app(config: ServiceConfig):
         check_kind_fields(body.kind, body.recipe)
         if not body.queue.replace("-", "").isalnum():
             raise ConfigError(f"queue {body.queue!r}: letters, digits and '-' only.")
-        request = validate_recipe(store, body.recipe, allowed_roots=config.allowed_roots, storage=config.storage)
+        if body.kind == "pretrain":
+            request = validate_pretrain(store, body.recipe, allowed_roots=config.allowed_roots)
+        else:
+            request = validate_recipe(store, body.recipe, allowed_roots=config.allowed_roots, storage=config.storage)
         record = jobs.create(body.kind, request, queue=body.queue)
         queue(body.queue).enqueue(store.root, record["id"])
         record = jobs.get(record["id"])

@@ -39,7 +39,7 @@ from typing import Callable, Iterator
 from automl._files import json_text, process_alive, write_json
 from automl.errors import AutomlError, DataError
 
-KINDS = ("fit", "compare", "embed")
+KINDS = ("fit", "compare", "embed", "pretrain")
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 FINAL = ("succeeded", "failed", "cancelled")
 HEARTBEAT_S = 5.0

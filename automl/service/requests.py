@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Optional, Sequence
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from automl.errors import ConfigError
-from automl.recipe import Recipe
+from automl.recipe import DEFAULT_IMAGE_SIZE, Recipe
 from automl.recipe.explain import RecipeError
 from automl.recipe.model import explain_errors
 from automl.store import Store
@@ -100,7 +100,7 @@ def _outside(field: str, value: Any, roots: Sequence[Path]) -> list[str]:
             "of them (the server's --allow-root) or upload what it holds."]
 
 
-def check_kind_fields(kind: str, recipe: dict) -> None:
+def check_kind_fields(kind: str, recipe: Any) -> None:
     """Keys that make no sense for a kind are refused rather than ignored."""
     if kind == "embed":
         extra = sorted(set(recipe) - {"data", "extractors", "weights", "image_size", "precision", "batch_size",
@@ -108,3 +108,59 @@ def check_kind_fields(kind: str, recipe: dict) -> None:
         if extra:
             raise ConfigError(f"an embed job reads data, extractors, weights, image_size, precision, batch_size, "
                               f"seed and skip_bad; remove {', '.join(extra)} (or submit a fit).")
+
+
+class PretrainRequest(BaseModel):
+    """A pretrain job: ``automl pretrain``'s options as JSON, ``data`` and ``exclude`` as dataset ids."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    data: str = Field(..., min_length=1, description="the dataset to train on (its train and val splits)")
+    extractor: str = "inception-v3"
+    weights: str = "imagenet"
+    image_size: int = Field(DEFAULT_IMAGE_SIZE, ge=32)
+    epochs: int = Field(10, ge=1)
+    patience: int = Field(3, ge=1)
+    freeze_until: Optional[str] = None
+    name: Optional[str] = None
+    exclude: list[str] = Field(default_factory=list, description="datasets whose test split must not be trained on")
+    exclude_mode: Literal["drop", "refuse"] = "drop"
+    overwrite: bool = False
+    batch_size: Optional[int] = Field(None, ge=1)
+    learning_rate: Optional[float] = Field(None, gt=0)
+    val_fraction: float = Field(0.1, gt=0, lt=1)
+    seed: int = Field(0, ge=0)
+    skip_bad: bool = False
+
+
+def validate_pretrain(store: Store, body: Any, *, allowed_roots: Sequence[Path] = ()) -> dict:
+    """A pretrain job's stored request: ``{"pretrain": <pretrain()'s keyword arguments>, "dataset": <id>}``."""
+    from automl.extractors import EXTRACTORS, Weights
+    from automl.service.uploads import DatasetNotFoundError, get_dataset
+
+    source = "the request's pretrain options"
+    refused = [k for k in SERVER_KEYS if isinstance(body, dict) and k in body]
+    if refused:
+        raise RecipeError([f"{k}: set by the server; remove it from the request." for k in refused], source=source)
+    try:
+        request = PretrainRequest.model_validate(body)
+    except ValidationError as exc:
+        raise RecipeError([f"{'.'.join(str(p) for p in e['loc']) or 'recipe'}: {e['msg']}" for e in exc.errors()],
+                          source=source) from None
+    if request.extractor not in EXTRACTORS:
+        raise RecipeError([f"extractor: unknown {request.extractor!r}; pretrain trains a built-in backbone: "
+                           f"{', '.join(EXTRACTORS.names())}."], source=source)
+    problems = [] if Weights.keyword(request.weights) else _outside("weights", request.weights,
+                                                                    [Path(r).resolve() for r in allowed_roots])
+    paths = {}
+    for field, ids in (("data", [request.data]), ("exclude", request.exclude)):
+        for i, dataset_id in enumerate(ids):
+            try:
+                paths.setdefault(field, []).append(str(get_dataset(store, dataset_id).path))
+            except DatasetNotFoundError as exc:
+                problems.append(f"{field}{'' if field == 'data' else f'[{i}]'}: {exc}")
+    if problems:
+        raise RecipeError(problems, source=source)
+    options = request.model_dump()
+    options.update(data=paths["data"][0], exclude=paths.get("exclude", []))
+    return {"pretrain": options, "dataset": request.data}

@@ -116,7 +116,15 @@ def _embed(store: Store, request: dict) -> dict:
                             "bad_files": [str(b.path) for b in r.bad_files]} for r in results]}
 
 
-RUNNERS = {"fit": _fit, "compare": _compare, "embed": _embed}
+def _pretrain(store: Store, request: dict) -> dict:
+    from automl.pretrain import pretrain
+
+    # pretrain reports its stage, its epochs as a bar and each log line as a note itself.
+    result = pretrain(**request["pretrain"], store=str(store.root), progress=False, log=lambda line: None)
+    return {"extractor": result.name, "record": result.record}
+
+
+RUNNERS = {"fit": _fit, "compare": _compare, "embed": _embed, "pretrain": _pretrain}
 
 
 # --- the worker process ----------------------------------------------------------------------------
