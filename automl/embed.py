@@ -118,6 +118,16 @@ def padded_size(n: int, batch_size: int) -> int:
     return min(batch_size, 1 << max(0, n - 1).bit_length())
 
 
+def embed_batch(extractor: Extractor, pixels: np.ndarray, batch_size: int) -> np.ndarray:
+    """The embeddings of one batch of decoded images (at most ``batch_size``), run at its padded shape
+    (``padded_size``)."""
+    x = extractor.preprocess(pixels)
+    shape = padded_size(len(x), batch_size)
+    if len(x) < shape:
+        x = np.concatenate([x, np.zeros((shape - len(x),) + x.shape[1:], x.dtype)])
+    return extractor.predict(x)[: len(pixels)]
+
+
 def _plan(items: Sequence[Item], found: dict) -> tuple[list[Item], int]:
     """The items to compute (one per missing fingerprint) and how many items the cache answers."""
     todo: dict[str, Item] = {}
@@ -172,11 +182,7 @@ def _compute(todo: list[Item], extractor: Extractor, cache: EmbeddingCache, foun
                 ok = [(it, arr) for it, arr in zip(batch_items, decoded) if not isinstance(arr, BadFile)]
                 bad.extend(arr for arr in decoded if isinstance(arr, BadFile))
                 if ok:
-                    x = extractor.preprocess(np.stack([arr for _, arr in ok]))
-                    shape = padded_size(len(x), batch_size)
-                    if len(x) < shape:
-                        x = np.concatenate([x, np.zeros((shape - len(x),) + x.shape[1:], x.dtype)])
-                    rows = extractor.predict(x)[: len(ok)]
+                    rows = embed_batch(extractor, np.stack([arr for _, arr in ok]), batch_size)
                     for (it, _), row in zip(ok, rows):
                         found[it.fingerprint] = row
                     pending_fps.extend(it.fingerprint for it, _ in ok)

@@ -255,9 +255,10 @@ def create_app(config: ServiceConfig):
         start = int(last_event_id) if last_event_id and last_event_id.isdigit() else max(0, after)
 
         async def stream():
-            seen, quiet = start, time.monotonic()
+            seen, offset, quiet = start, 0, time.monotonic()
             while True:
-                batch = await asyncio.to_thread(jobs.events, job_id, seen)
+                read, offset = await asyncio.to_thread(jobs.read_events, job_id, offset)
+                batch = [e for e in read if e["seq"] > seen]
                 for event in batch:
                     seen = event["seq"]
                     yield f"id: {seen}\nevent: {event.get('kind', 'progress')}\ndata: {json.dumps(event)}\n\n"
@@ -292,6 +293,15 @@ def create_app(config: ServiceConfig):
         except FileNotFoundError:
             return None
 
+    def listed(folder: Path, names: tuple, base: str) -> dict:
+        """The links of the downloadable files (of ``names``) that ``folder`` holds."""
+        return {n: f"{base}/files/{n}" for n in names if (folder / n).is_file()}
+
+    def served(folder: Path, names: tuple, name: str, base: str) -> FileResponse:
+        if name not in names or not (folder / name).is_file():
+            raise NotFoundError(f"{base[1:]} has no file {name!r}; its files: GET {base}.")
+        return FileResponse(folder / name)
+
     def run_summary(record: RunRecord) -> dict:
         data = record.to_dict()
         return {"id": record.id, "links": {"self": f"/runs/{record.id}", "predict": f"/models/{record.id}/predict"},
@@ -304,16 +314,13 @@ def create_app(config: ServiceConfig):
     @app.get("/runs/{run_id}", tags=["results"], dependencies=auth)
     def run(run_id: str) -> dict:
         folder = run_folder(run_id)
-        files = {name: f"/runs/{folder.name}/files/{name}" for name in RUN_FILES if (folder / name).is_file()}
         return {"record": RunRecord.read(folder).to_dict(), "metrics": read_json(folder / "metrics.json"),
-                "leaderboard": read_json(folder / "leaderboard.json"), "files": files}
+                "leaderboard": read_json(folder / "leaderboard.json"),
+                "files": listed(folder, RUN_FILES, f"/runs/{folder.name}")}
 
     @app.get("/runs/{run_id}/files/{name}", tags=["results"], dependencies=auth)
     def run_file(run_id: str, name: str) -> FileResponse:
-        folder = run_folder(run_id)
-        if name not in RUN_FILES or not (folder / name).is_file():
-            raise NotFoundError(f"run {folder.name} has no file {name!r}; its files: GET /runs/{folder.name}.")
-        return FileResponse(folder / name)
+        return served(run_folder(run_id), RUN_FILES, name, f"/runs/{run_id}")
 
     def comparison_folder(comparison_id: str) -> Path:
         folder = store.comparisons_dir / comparison_id
@@ -327,15 +334,11 @@ def create_app(config: ServiceConfig):
         table = folder / "table.txt"
         return {"record": read_json(folder / "comparison.json"),
                 "table": table.read_text() if table.is_file() else None,
-                "files": {n: f"/comparisons/{comparison_id}/files/{n}" for n in COMPARISON_FILES
-                          if (folder / n).is_file()}}
+                "files": listed(folder, COMPARISON_FILES, f"/comparisons/{comparison_id}")}
 
     @app.get("/comparisons/{comparison_id}/files/{name}", tags=["results"], dependencies=auth)
     def comparison_file(comparison_id: str, name: str) -> FileResponse:
-        folder = comparison_folder(comparison_id)
-        if name not in COMPARISON_FILES or not (folder / name).is_file():
-            raise NotFoundError(f"comparison {comparison_id} has no file {name!r}.")
-        return FileResponse(folder / name)
+        return served(comparison_folder(comparison_id), COMPARISON_FILES, name, f"/comparisons/{comparison_id}")
 
     # --- models ------------------------------------------------------------------------------------
 
@@ -358,7 +361,10 @@ def create_app(config: ServiceConfig):
             for i, upload in enumerate(files):
                 name = Path(upload.filename or f"image-{i}").name
                 path = scratch / f"{i:06d}-{name}"
-                _copy_limited(upload.file, path, config.limits.max_file_bytes, name)
+                limit = config.limits.max_file_bytes
+                with open(path, "wb") as out:
+                    uploads.copy_limited(upload.file, out, limit, lambda: TooLargeError(
+                        f"image {name!r} is over {limit / 2**20:.0f} MiB, the per-file limit; send a smaller image."))
                 paths.append(path)
                 names.append(name)
             items, _ = load_images(paths)
@@ -421,17 +427,6 @@ class BodyLimit:
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                                 (b"connection", b"close")]})
         await send({"type": "http.response.body", "body": body})
-
-
-def _copy_limited(src, dest: Path, limit: int, name: str) -> None:
-    written = 0
-    with open(dest, "wb") as out:
-        while chunk := src.read(1 << 20):
-            written += len(chunk)
-            if written > limit:
-                raise TooLargeError(f"image {name!r} is over {limit / 2**20:.0f} MiB, the per-file limit; send a "
-                                    "smaller image.")
-            out.write(chunk)
 
 
 def _redacted(url: str) -> str:

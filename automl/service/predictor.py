@@ -34,26 +34,17 @@ class WarmModel:
 
     def predict(self, items) -> np.ndarray:
         """Calibrated probabilities, one row per item (``automl.data.Item``), in order."""
-        from automl.embed import default_batch_size, padded_size
+        from automl.embed import default_batch_size, embed_batch
         from automl.evaluate import full_proba
 
         with self.lock:
             extractor = self._built()
             size = extractor.image_size
             batch = default_batch_size(size)
-            rows = []
-            for start in range(0, len(items), batch):
-                x = extractor.preprocess(np.stack([it.load(size) for it in items[start:start + batch]]))
-                shape = padded_size(len(x), batch)
-                if len(x) < shape:
-                    x = np.concatenate([x, np.zeros((shape - len(x),) + x.shape[1:], x.dtype)])
-                rows.append(extractor.predict(x)[: min(batch, len(items) - start)])
+            rows = [embed_batch(extractor, np.stack([it.load(size) for it in items[start:start + batch]]), batch)
+                    for start in range(0, len(items), batch)]
             embeddings = np.concatenate(rows).astype(np.float32, copy=False)
         return full_proba(self.bundle.head, embeddings, len(self.bundle.classes))
-
-    def warm_up(self) -> None:
-        with self.lock:
-            self._built()
 
 
 class WarmModels:

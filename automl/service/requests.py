@@ -92,8 +92,9 @@ def _check_paths(store: Store, recipe: Recipe, allowed_roots: Sequence[Path]) ->
 
 
 def _outside(field: str, value: Any, roots: Sequence[Path]) -> list[str]:
-    path = Path(os.fspath(value)).expanduser().resolve()
-    if any(path == root or root in path.parents for root in roots):
+    from automl.service.uploads import inside
+
+    if inside(Path(os.fspath(value)).expanduser().resolve(), roots):
         return []
     where = ", ".join(str(r) for r in roots)
     return [f"{field}: {value} is a path outside the folders this server reads ({where}); put the file under one "

@@ -119,7 +119,7 @@ def ingest_npz(src: Source, store: Store, *, name: str = "upload.npz", limits: L
     with _staging(store) as tmp:
         target = tmp / _DATA["npz"]
         with _opened(src) as f, open(target, "xb") as out:
-            _, digest = _copy(f, out, limits.max_upload_bytes, lambda: _upload_too_large(name, limits))
+            _, digest = copy_limited(f, out, limits.max_upload_bytes, lambda: _upload_too_large(name, limits))
         _check_npz(target, name, limits)
         return _store_upload(store, tmp, "npz", name, _content_id("npz", [(target.name, digest)]))
 
@@ -155,7 +155,7 @@ def ingest_images(files: Iterable[tuple[str, str, BinaryIO]], store: Store, *,
             target = tmp.joinpath(_DATA["images"], *parts)
             target.parent.mkdir(parents=True, exist_ok=True)
             with open(target, "xb") as out:
-                n, digest = _copy(f, out, limit, lambda: _too_large(what, "is too large", which))
+                n, digest = copy_limited(f, out, limit, lambda: _too_large(what, "is too large", which))
             total += n
             tree.append((rel, digest))
         if splits is not None and next(splits, None) is not None:
@@ -177,7 +177,7 @@ def register_folder(path: str | os.PathLike, store: Store, *, allowed_roots: Seq
         raise DataError(f"folder {given}: this server allows no folders to be registered; start it with an "
                         "allowed root (--allow-root DIR), or upload the dataset instead.")
     folder = Path(os.path.abspath(given)).resolve()
-    if not _inside(folder, roots):
+    if not inside(folder, roots):
         resolved = "" if folder == Path(os.path.abspath(given)) else f" (it resolves to {folder})"
         raise DataError(f"folder {given}{resolved} is outside the folders this server allows "
                         f"({', '.join(map(str, roots))}); move the dataset there, or upload it.")
@@ -339,12 +339,13 @@ def _seekable(src: Source, tmp: Path, name: str, limits: Limits) -> Iterator[Bin
             yield f
             return
         with tempfile.TemporaryFile(dir=tmp) as spool:
-            _copy(f, spool, limits.max_upload_bytes, lambda: _upload_too_large(name, limits))
+            copy_limited(f, spool, limits.max_upload_bytes, lambda: _upload_too_large(name, limits))
             spool.seek(0)
             yield spool
 
 
-def _copy(src: BinaryIO, dst: BinaryIO, limit: int, too_large: Callable[[], TooLargeError]) -> tuple[int, str]:
+def copy_limited(src: BinaryIO, dst: BinaryIO, limit: int,
+                 too_large: Callable[[], TooLargeError]) -> tuple[int, str]:
     """Copy in chunks, at most ``limit`` bytes: a source longer than that raises ``too_large()`` as soon
     as the byte past the limit is read. Returns the bytes copied and their SHA-256."""
     digest, n = hashlib.sha256(), 0
@@ -385,7 +386,7 @@ def _unpack_zip(f: BinaryIO, dest: Path, name: str, limits: Limits) -> list[tupl
             reading.file_size = limit + 1 + _CHUNK
             try:
                 with zf.open(reading) as member, open(target, "xb") as out:
-                    n, digest = _copy(member, out, limit, lambda: _too_large(
+                    n, digest = copy_limited(member, out, limit, lambda: _too_large(
                         what, f"unpacks to more than its header's {_size(info.file_size)}", which))
             except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as exc:
                 raise DataError(f"{what} cannot be unpacked ({exc}); zip the folder again.") from exc
@@ -594,7 +595,7 @@ def _check_links(folder: Path, roots: list[Path], given: Path) -> None:
                     target = Path(entry.path).resolve(strict=True)
                 except (OSError, RuntimeError):
                     continue  # a broken link or a loop: the loader reads nothing through it
-                if not _inside(target, roots):
+                if not inside(target, roots):
                     raise DataError(f"{entry.path} in folder {given} is a link to {target}, outside the folders "
                                     f"this server allows ({', '.join(map(str, roots))}); replace the link with "
                                     "the files themselves.")
@@ -602,7 +603,8 @@ def _check_links(folder: Path, roots: list[Path], given: Path) -> None:
                     stack.append(target)
 
 
-def _inside(path: Path, roots: list[Path]) -> bool:
+def inside(path: Path, roots: Sequence[Path]) -> bool:
+    """Whether ``path`` (resolved) is one of ``roots`` (resolved) or lies under one."""
     return any(path == root or path.is_relative_to(root) for root in roots)
 
 
