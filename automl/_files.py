@@ -81,6 +81,12 @@ def json_text(value, *, indent: int | None = 2, sort_keys: bool = False, default
     return json.dumps(_strict(value, default), indent=indent, sort_keys=sort_keys, allow_nan=False)
 
 
+def json_values(value, default: Callable | None = None):
+    """``value`` with JSON types only, as ``json_text`` writes it: NaN and +-inf None, numpy scalars and
+    arrays their Python values, anything else ``default(value)`` (without it, a TypeError)."""
+    return _strict(value, default)
+
+
 def _strict(value, default: Callable | None):
     if value is None or isinstance(value, (str, bool, int)):
         return value

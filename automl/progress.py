@@ -13,12 +13,11 @@ Listeners and the current stage live in context variables: a thread sees them on
 with a copy of the context (``contextvars.copy_context().run``). The package reports from the
 thread that runs each loop (decoding and fold threads report nothing), and worker processes never.
 
-Imports nothing of the project but ``errors``.
+Imports nothing of the project but ``errors`` and ``_files``.
 """
 
 from __future__ import annotations
 
-import math
 import sys
 import time as _time
 from contextlib import contextmanager
@@ -28,6 +27,7 @@ from typing import Callable, Iterator
 
 from tqdm.auto import tqdm
 
+from automl._files import json_values
 from automl.errors import AutomlError
 
 _LISTENERS: ContextVar[tuple] = ContextVar("automl_progress_listeners", default=())
@@ -99,7 +99,7 @@ def note(text: str, *, echo: bool = False, **info) -> None:
     if echo:
         tqdm.write(text, file=sys.stderr)
     if _LISTENERS.get():
-        _tell(Event("note", _STAGE.get(), desc=text, info=_jsonable(info)))
+        _tell(Event("note", _STAGE.get(), desc=text, info=_json(info)))
 
 
 def checkpoint() -> None:
@@ -132,7 +132,7 @@ class Bar(tqdm):
         self._unit = kwargs.get("unit", "it")
         self._start = kwargs.get("initial", 0)
         self._began = _time.monotonic()
-        self.info: dict = _jsonable(kwargs.get("postfix")) if isinstance(kwargs.get("postfix"), dict) else {}
+        self.info: dict = _json(kwargs.get("postfix")) if isinstance(kwargs.get("postfix"), dict) else {}
         super().__init__(iterable, desc=desc, total=total, **kwargs)
         self._reporting = True
         self._report()
@@ -163,13 +163,13 @@ class Bar(tqdm):
 
     def set_postfix(self, ordered_dict=None, refresh=True, **kwargs):
         super().set_postfix(ordered_dict, refresh, **kwargs)
-        self.info = _jsonable({**(ordered_dict or {}), **kwargs})
+        self.info = _json({**(ordered_dict or {}), **kwargs})
         if refresh:
             self._report()
 
     def set_postfix_str(self, s="", refresh=True, *, info: dict | None = None):
         super().set_postfix_str(s, refresh)
-        self.info = _jsonable({"postfix": str(s)} if info is None else info)
+        self.info = _json({"postfix": str(s)} if info is None else info)
         if refresh:
             self._report()
 
@@ -217,24 +217,12 @@ class Bar(tqdm):
         return done / elapsed if done > 0 and elapsed > 0 else None
 
 
+def _json(value):
+    """``value`` with only JSON types inside (``json_values``); anything else becomes its ``str``."""
+    return json_values(value, str)
+
+
 def _tell(event: Event) -> None:
     for callback in _LISTENERS.get():
         callback(event)
 
-
-def _jsonable(value):
-    """``value`` with only JSON types inside: numpy scalars become numbers, NaN and infinities None,
-    anything else its ``str``."""
-    if value is None or isinstance(value, (bool, str)):
-        return value
-    if isinstance(value, int):
-        return int(value)
-    if isinstance(value, float):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if getattr(value, "shape", None) == () and hasattr(value, "item"):  # a numpy scalar
-        return _jsonable(value.item())
-    return str(value)
