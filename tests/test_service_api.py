@@ -253,3 +253,16 @@ def test_a_pretrain_job_saves_an_extractor_a_fit_names(service, tmp_path):
     job = client.post("/jobs", headers=AUTH, json={"kind": "pretrain", "recipe": options}).json()
     assert job["state"] == "succeeded", job["error"]
     assert job["result"]["extractor"] == "tiny" and (root / "store" / "extractors" / "tiny.keras").is_file()
+
+
+def test_the_event_log_numbers_and_reads_from_its_end(tmp_path):
+    jobs = Jobs(tmp_path / "jobs")
+    job = jobs.create("fit", {"recipe": {}})
+    long = jobs.add_event(job["id"], {"kind": "note", "desc": "x" * 20_000})  # longer than one tail block
+    assert long["seq"] == 2 and jobs.add_event(job["id"], {"kind": "note"})["seq"] == 3
+    read, offset = jobs.read_events(job["id"])
+    assert [e["seq"] for e in read] == [1, 2, 3]
+    assert jobs.read_events(job["id"], offset) == ([], offset)  # a follower reads each event once
+    jobs.add_event(job["id"], {"kind": "note"})
+    assert [e["seq"] for e in jobs.read_events(job["id"], offset)[0]] == [4]
+    assert [e["seq"] for e in jobs.events(job["id"], after=2)] == [3, 4]

@@ -39,7 +39,6 @@ class JobListener:
             self._checked = now
             if self.jobs.cancel_requested(self.job_id):
                 raise progress.Cancelled("cancelled through the API")
-        data = event.to_dict()
         if event.kind == "stage":
             if event.state == "started":  # a new stage shows in the record at once, not at the next beat
                 self.heartbeat.fields.update(stage=event.stage, progress=None)
@@ -53,8 +52,8 @@ class JobListener:
                 return
             self._last[event.desc] = now
             shown = ("stage", "desc", "done", "total", "unit", "elapsed_s", "eta_s", "info")
-            self.heartbeat.fields["progress"] = {k: data.get(k) for k in shown}
-        self.jobs.add_event(self.job_id, data)
+            self.heartbeat.fields["progress"] = {k: getattr(event, k) for k in shown}
+        self.jobs.add_event(self.job_id, event.to_dict())  # only what is kept is converted
 
 
 def run_job(store_root: str, job_id: str, *, worker: WorkerInfo | None = None) -> str | None:
