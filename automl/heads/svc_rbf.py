@@ -46,8 +46,9 @@ _C_RANGE = (1e-1, 1e3)
 # "scale" is 1/n_features on standardised data: 5e-4 to 6.5e-4 for 1536-2048-dim embeddings. Above
 # ~4x that, a 2048-dim synthetic set's kernel matrix is already the identity (chance-level accuracy).
 _GAMMA_RANGE = (1e-5, 2e-3)
-# fit_scores's peak memory per cell of the fold's n x n Gram matrix: the float64 matrix and libsvm's copy
-# of its support vectors' rows, with a margin (measured: see the test of the budget).
+# fit_scores's peak memory per cell of the fold's n x n matrix: the float64 distances, the calibration
+# folds' kernel blocks and libsvm's copy of the support vectors' rows. Measured: a fit at 16,000 rows
+# peaked at 4.3 GB, the whole process included (17 bytes a cell); 24 leaves a margin.
 GRAM_BYTES_PER_CELL = 24
 GRAM_MEMORY_SHARE = 0.5  # of the memory available when first asked: the Gram fits' budget in one process
 GRAM_BLOCK_ROWS = 2048  # rows of the kernel computed per BLAS call
