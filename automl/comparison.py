@@ -36,14 +36,10 @@ class Comparison:
     text: str  # the printed tables
 
 
-def compare(recipe, *, progress: bool = True) -> Comparison:
-    """Fit the baseline and each of ``recipe.augment``'s variants for ``recipe.repeats`` seeds; save and
-    return the comparison."""
+def variant_labels(recipe) -> list[str]:
+    """"original" and each variant's name, as the comparison's table shows them; ``ConfigError`` for a
+    recipe with no variant or two variants of one name."""
     from automl.errors import ConfigError
-    from automl.pipeline import fit_variants
-    from automl.report import comparison_text
-    from automl.runs import new_run_id, write_run
-    from automl.store import Store
 
     variants = list(recipe.augment or [])
     if not variants:
@@ -53,6 +49,19 @@ def compare(recipe, *, progress: bool = True) -> Comparison:
     if len(set(labels)) != len(labels):
         raise ConfigError(f"two variants have the same name ({', '.join(labels[1:])}); give them distinct "
                           "`label:` values in the recipe.")
+    return labels
+
+
+def compare(recipe, *, progress: bool = True) -> Comparison:
+    """Fit the baseline and each of ``recipe.augment``'s variants for ``recipe.repeats`` seeds; save and
+    return the comparison."""
+    from automl.pipeline import fit_variants
+    from automl.report import comparison_text
+    from automl.runs import new_run_id, write_run
+    from automl.store import Store
+
+    variants = list(recipe.augment or [])
+    labels = variant_labels(recipe)
     seeds = [recipe.seed + r for r in range(recipe.repeats)]
     runs: dict[str, list[dict]] = {label: [] for label in labels}
     t0 = time.perf_counter()

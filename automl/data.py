@@ -336,7 +336,7 @@ def _load_folders(root: Path, split_dirs: dict[str, Path], layout: str, skip_bad
         fp, info = result
         items.append(Item(str(path), label, split, fp, info.width, info.height, info.mode))
     if bad and not skip_bad:
-        raise _bad_files_error(bad)
+        raise bad_files_error(bad)
     dataset = Dataset(str(root), layout, classes, items, bad, sorted(ignored))
     _check_classes_nonempty(dataset, split_dirs)
     return dataset
@@ -493,14 +493,13 @@ def load_images(paths: list[str | os.PathLike], *, skip_bad: bool = False) -> tu
         fp, info = result
         items.append(Item(str(path), -1, "predict", fp, info.width, info.height, info.mode))
     if bad and not skip_bad:
-        raise _bad_files_error(bad)
+        raise bad_files_error(bad)
     return items, bad
 
 
-def _bad_files_error(bad: list[BadFile]) -> DataError:
+def bad_files_error(bad: list[BadFile], fix: str = "Remove or replace them, or pass --skip-bad to leave them out "
+                                                   "(they are listed).") -> DataError:
+    """The error listing undecodable files (the first ten), ending with ``fix``."""
     shown = "\n".join(f"  {b.path}: {b.reason}" for b in bad[:10])
     more = f"\n  ... and {len(bad) - 10} more" if len(bad) > 10 else ""
-    return DataError(
-        f"{len(bad)} file(s) are not decodable images:\n{shown}{more}\nRemove or replace them, or "
-        "pass --skip-bad to leave them out (they are listed)."
-    )
+    return DataError(f"{len(bad)} file(s) are not decodable images:\n{shown}{more}\n{fix}")

@@ -97,15 +97,21 @@ def fit(recipe, *, progress: bool = True) -> FitResult:
     with ``baseline`` set. An interrupted fit leaves no run behind; rerunning it reuses the cached
     embeddings, generated images and fitted generators, and resumes the Optuna study.
     """
-    variants = list(recipe.augment or [])
-    if len(variants) > 1:
-        raise ConfigError(f"fit takes one augmentation variant; the recipe has {len(variants)} "
-                          f"({', '.join(v.describe() for v in variants)}). Use `automl compare` to compare several.")
+    variants = fit_variant(recipe)
     results = fit_variants(recipe, variants, progress=progress)
     if not variants:
         return results[0]
     results[1].baseline = results[0]
     return results[1]
+
+
+def fit_variant(recipe) -> list:
+    """The recipe's augmentation variant as a list of at most one; ``ConfigError`` for several."""
+    variants = list(recipe.augment or [])
+    if len(variants) > 1:
+        raise ConfigError(f"fit takes one augmentation variant; the recipe has {len(variants)} "
+                          f"({', '.join(v.describe() for v in variants)}). Use `automl compare` to compare several.")
+    return variants
 
 
 def fit_variants(recipe, variants: Sequence, *, progress: bool = True) -> list[FitResult]:

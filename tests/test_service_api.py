@@ -15,6 +15,7 @@ import pytest
 pytest.importorskip("fastapi", reason="the service extra is part of the README's install")
 from fastapi.testclient import TestClient  # noqa: E402
 
+import test_bad_inputs as bad_inputs  # noqa: E402
 from automl.demo import make_demo_dataset  # noqa: E402
 from automl.service.app import ServiceConfig, create_app  # noqa: E402
 from automl.service.jobs import MAX_ATTEMPTS, Jobs, WorkerInfo  # noqa: E402
@@ -164,6 +165,17 @@ def test_predict_answers_with_the_saved_models_classes(service, fitted):
     ({"data": "DATASET", "cv": 1}, 422, "cv"),
     ({"data": "DATASET", "extractors": ["nope"]}, 422, "nope"),
     ({"data": "DATASET", "weights": "/etc/passwd"}, 422, "outside the folders this server reads"),
+    # The CLI's flag cases (tests/test_bad_inputs.py), as recipe keys.
+    ({"data": "DATASET", "heads": ["svm"]}, 422, "svm"),
+    ({"data": "DATASET", "metric": "auc"}, 422, "roc-auc"),
+    ({"data": "DATASET", "augment": "nope"}, 422, "nope"),
+    ({"data": "DATASET", "augment": {"type": "conventional", "params": {"nope": 1}}}, 422, "nope"),
+    ({"data": "DATASET", "augment": ["conventional", "dcgan"]}, 422, "augment: fit takes one augmentation variant"),
+    ({"data": "DATASET", "trials": 0}, 422, "trials"),
+    ({"data": "DATASET", "image_size": 32}, 422, "image_size"),
+    ({"data": "DATASET", "precision": "half"}, 422, "precision"),
+    ({"data": "DATASET", "test_fraction": 1.5}, 422, "test_fraction"),
+    ({"data": "DATASET", "storage": "foo://bar"}, 422, "storage: set by the server"),
 ])
 def test_bad_recipes_are_refused_with_the_key_named(service, dataset_id, recipe, status, words):
     client, _, root = service
@@ -174,6 +186,69 @@ def test_bad_recipes_are_refused_with_the_key_named(service, dataset_id, recipe,
     assert words in answer.json()["error"]["message"]
     after = sorted(os.listdir(root / "store" / "jobs")) if (root / "store" / "jobs").exists() else []
     assert after == before  # nothing created for a refused request
+
+
+def test_an_embed_job_on_one_queue_leaves_a_fit_on_another_nothing_to_embed(service):
+    client, _, root = service
+    folder = client.post("/datasets/folder", headers=AUTH, json={"path": str(root / "allowed" / "registered")})
+    keys = {k: SMALL[k] for k in ("extractors", "weights", "image_size", "precision")}
+    embed = client.post("/jobs", headers=AUTH, json={"kind": "embed", "queue": "gpu",
+                                                     "recipe": {"data": folder.json()["id"], **keys}}).json()
+    assert embed["state"] == "succeeded" and embed["queue"] == "gpu", embed
+    assert embed["result"]["embeddings"][0]["computed"] == 8
+    cache = root / "store" / "embeddings"
+    before = {p: p.stat().st_mtime_ns for p in cache.rglob("*") if p.is_file()}
+    fit = client.post("/jobs", headers=AUTH, json={"kind": "fit", "queue": "cpu",
+                                                   "recipe": {"data": folder.json()["id"], **SMALL}}).json()
+    assert fit["state"] == "succeeded", fit["error"]
+    assert {p: p.stat().st_mtime_ns for p in cache.rglob("*") if p.is_file()} == before  # nothing embedded
+
+
+def test_a_comparison_without_variants_is_refused(service, dataset_id):
+    answer = service[0].post("/jobs", headers=AUTH, json={"kind": "compare", "recipe": {"data": dataset_id}})
+    assert answer.status_code == 422 and "at least one augmentation variant" in answer.json()["error"]["message"]
+
+
+# Every bad-data case of the CLI's corpus, uploaded: refused at the upload, or at the job's submission
+# when it depends on the recipe (folds, the held-out split), never by a job that fails later.
+DATA_CASES = [c for c in bad_inputs.CASES if c.id.startswith(("data-", "npz-", "cv-larger"))
+              and c.id not in ("data-missing",  # over HTTP: an unknown dataset id (test_bad_recipes...)
+                               "data-bad-file-named-not-utf8")]  # a zip entry's name is always text
+HTTP_WORDS = {  # where the service's words differ from the CLI's
+    "data-empty-folder": ("empty.zip holds no images",),
+    "data-class-without-images": ("entry 'train/c/notes.txt' is not an image",),  # uploads hold images only
+    "data-file-not-npz": ("'d.txt'", ".npz"),
+    "data-too-small-to-split": ("test_fraction:", "cannot be held out", "'a': 1"),
+    "cv-larger-than-a-class": ("cv: 5-fold", "smallest class has 4 (class 'a')"),
+    "cv-larger-than-one-class": ("cv: 4-fold", "smallest class has 3 (class 'b')"),
+}
+
+
+@pytest.mark.parametrize("case", DATA_CASES, ids=[c.id for c in DATA_CASES])
+def test_every_bad_dataset_of_the_cli_is_refused_over_http(service, case, tmp_path, monkeypatch):
+    client, _, root = service
+    args = [str(a) for a in case.make(tmp_path, monkeypatch)]
+    path, extra = Path(args[1]), args[2:]
+    name = path.name + (".zip" if path.is_dir() else "")
+    body = zipped(path) if path.is_dir() else path.read_bytes()
+    datasets, jobs = root / "store" / "datasets", root / "store" / "jobs"
+    before = (sorted(os.listdir(datasets)), sorted(os.listdir(jobs)) if jobs.exists() else [])
+    answer = client.post("/datasets", headers=AUTH, files={"file": (name, body, "application/octet-stream")})
+    if answer.status_code == 201:
+        cv = [int(v) for flag, v in zip(extra, extra[1:]) if flag == "--cv"][-1]  # the case's own, after FAST's
+        recipe = {"data": answer.json()["id"], **SMALL, "cv": cv}
+        answer = client.post("/jobs", headers=AUTH, json={"kind": "fit", "recipe": recipe})
+        datasets_after = [d for d in sorted(os.listdir(datasets)) if d != recipe["data"]]
+    else:
+        datasets_after = sorted(os.listdir(datasets))
+    assert answer.status_code in (415, 422), answer.text
+    message = answer.json()["error"]["message"]
+    words = HTTP_WORDS.get(case.id) or [w.format(tmp=tmp_path, store="").replace(str(path), name) for w in case.names
+                                        if not w.startswith("--")]  # no CLI flags over HTTP
+    for word in words:
+        assert word in message, (word, message)
+    assert str(tmp_path) not in message and "--skip-bad" not in message  # the client's names, the API's words
+    assert (datasets_after, sorted(os.listdir(jobs)) if jobs.exists() else []) == (before[0], before[1])
 
 
 def test_bad_requests_get_their_status(service, dataset_id, tmp_path):

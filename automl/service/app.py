@@ -220,7 +220,8 @@ def create_app(config: ServiceConfig):
         if body.kind == "pretrain":
             request = validate_pretrain(store, body.recipe, allowed_roots=config.allowed_roots)
         else:
-            request = validate_recipe(store, body.recipe, allowed_roots=config.allowed_roots, storage=config.storage)
+            request = validate_recipe(store, body.recipe, kind=body.kind, allowed_roots=config.allowed_roots,
+                                      storage=config.storage)
         record = jobs.create(body.kind, request, queue=body.queue)
         queue(body.queue).enqueue(store.root, record["id"])
         record = jobs.get(record["id"])
@@ -349,7 +350,8 @@ def create_app(config: ServiceConfig):
 
     @app.post("/models/{run_id}/predict", tags=["models"], dependencies=auth)
     def predict(run_id: str, files: list[UploadFile] = File(..., description="one or more images")) -> dict:
-        from automl.data import load_images
+        from automl.data import BadFile, bad_files_error, load_images
+        from automl.images import IMAGE_SUFFIXES
 
         folder = run_folder(run_id)
         if len(files) > config.limits.max_files:
@@ -367,7 +369,11 @@ def create_app(config: ServiceConfig):
                         f"image {name!r} is over {limit / 2**20:.0f} MiB, the per-file limit; send a smaller image."))
                 paths.append(path)
                 names.append(name)
-            items, _ = load_images(paths)
+            items, bad = load_images(paths, skip_bad=True)
+            if bad:  # named as the client sent them, not by the scratch copy
+                sent = {str(p): n for p, n in zip(paths, names)}
+                raise bad_files_error([BadFile(sent.get(str(b.path), b.path), b.reason) for b in bad],
+                                      f"Send only images ({', '.join(IMAGE_SUFFIXES)}) that decode.")
             started = time.perf_counter()
             proba = model.predict(items)
             seconds = time.perf_counter() - started

@@ -28,10 +28,12 @@ SERVER_KEYS = ("store", "storage")
 SOURCE = "the request's recipe"
 
 
-def validate_recipe(store: Store, body: Any, *, allowed_roots: Sequence[Path] = (), storage: str | None = None) -> dict:
+def validate_recipe(store: Store, body: Any, *, kind: str = "fit", allowed_roots: Sequence[Path] = (),
+                    storage: str | None = None) -> dict:
     """The job's stored request: ``{"recipe": <the recipe's set keys, JSON>, "dataset": <id>}``, with
     ``data`` the dataset's path and ``store`` / ``storage`` the server's. ``RecipeError`` (HTTP 422)
-    naming the key for anything wrong."""
+    naming the key for anything wrong, including what the ``kind`` of job would refuse of this dataset
+    in its first seconds (``check_against_dataset``)."""
     from automl.service.uploads import DatasetNotFoundError, get_dataset
 
     if not isinstance(body, dict):
@@ -54,6 +56,7 @@ def validate_recipe(store: Store, body: Any, *, allowed_roots: Sequence[Path] = 
         given["storage"] = storage
     recipe = _validated(store, given)
     _check_paths(store, recipe, allowed_roots)
+    check_against_dataset(kind, recipe, dataset.summary)
     return {"recipe": recipe.model_dump(mode="json", exclude_unset=True), "dataset": dataset.id}
 
 
@@ -70,6 +73,47 @@ def _validated(store: Store, data: dict) -> Recipe:
         raise RecipeError(explain_errors(exc), source=SOURCE) from None
     recipe._source = SOURCE
     return recipe
+
+
+def check_against_dataset(kind: str, recipe: Recipe, summary: dict) -> None:
+    """Refuse at submission what the job would refuse before its first embedding, from the dataset's
+    stored summary (its counts, not its images): the augmentation variants the kind takes, a test split
+    that cannot be held out, more folds than the smallest class has training images."""
+    from automl.data import stratified_holdout
+    from automl.errors import AutomlError
+    from automl.search import check_cv
+
+    problems = []
+    if kind in ("fit", "compare"):
+        from automl.comparison import variant_labels
+        from automl.pipeline import fit_variant
+
+        try:
+            fit_variant(recipe) if kind == "fit" else variant_labels(recipe)
+        except AutomlError as exc:
+            problems.append(f"augment: {exc}")
+    if kind != "embed":
+        classes, counts = summary["classes"], summary["counts"]
+        train = [c for split, by_class in counts.items() if split != "test" for c, n in enumerate(
+            by_class.get(name, 0) for name in classes) for _ in range(n)]
+        if "test" not in counts:
+            held = stratified_holdout(train, recipe.test_fraction, recipe.seed)
+            if held is None:
+                sizes = {name: train.count(c) for c, name in enumerate(classes)}
+                problems.append(f"test_fraction: the dataset has no test split, and a stratified "
+                                f"{recipe.test_fraction:.0%} of it cannot be held out: every class needs at least 2 "
+                                f"images and each side one per class (class sizes: {sizes}). Upload train/ and test/ "
+                                "folders, or add images.")
+                train = []
+            else:
+                train = [c for i, c in enumerate(train) if i not in held]
+        if train:
+            try:
+                check_cv(train, recipe.cv, classes)
+            except AutomlError as exc:
+                problems.append(f"cv: {exc}")
+    if problems:
+        raise RecipeError(problems, source=SOURCE)
 
 
 def _check_paths(store: Store, recipe: Recipe, allowed_roots: Sequence[Path]) -> None:

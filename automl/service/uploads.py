@@ -44,7 +44,7 @@ from typing import BinaryIO, Callable, Iterable, Iterator, Optional, Sequence, U
 import numpy as np
 
 from automl._files import json_text, remove_stale_temporaries, temporary_sibling, write_json
-from automl.data import _SKIPPED_NAMES, SPLIT_FOLDERS, SPLITS, load_dataset
+from automl.data import _SKIPPED_NAMES, SPLIT_FOLDERS, SPLITS, bad_files_error, load_dataset
 from automl.errors import DataError, StoreError, TooLargeError
 from automl.images import IMAGE_SUFFIXES
 from automl.report import dataset_summary
@@ -185,7 +185,7 @@ def register_folder(path: str | os.PathLike, store: Store, *, allowed_roots: Seq
         raise DataError(f"folder {given} does not exist or is not a folder; give the path of a dataset folder "
                         "on the server.")
     _check_links(folder, roots, given)
-    dataset = load_dataset(folder)
+    dataset = _load(folder)
     dataset_id = _content_id(f"folder:{folder}",
                              [(str(Path(it.path).relative_to(folder)), it.fingerprint) for it in dataset.items])
     existing = _read_entry(store, dataset_id)
@@ -255,11 +255,20 @@ def _store_upload(store: Store, tmp: Path, kind: str, name: str, dataset_id: str
         return existing
     staged, final = tmp / _DATA[kind], store.datasets_dir / dataset_id
     try:
-        dataset = load_dataset(staged)
+        dataset = _load(staged)
     except DataError as exc:
         raise type(exc)(str(exc).replace(str(staged), label or name)) from exc
     summary = _moved(dataset_summary(dataset), str(tmp), str(final))
     return _commit(store, tmp, DatasetEntry(dataset_id, kind, final / _DATA[kind], name, _now(), summary))
+
+
+def _load(path: Path):
+    """``load_dataset``, with undecodable files (damaged, empty, pixel bombs) refused in the service's
+    words: a stored dataset holds only images every job can read."""
+    dataset = load_dataset(path, skip_bad=True)
+    if dataset.bad_files:
+        raise bad_files_error(dataset.bad_files, "Remove or replace them and send the dataset again.")
+    return dataset
 
 
 def _commit(store: Store, tmp: Path, entry: DatasetEntry) -> DatasetEntry:
@@ -374,6 +383,9 @@ def _unpack_zip(f: BinaryIO, dest: Path, name: str, limits: Limits) -> list[tupl
         if len(infos) > limits.max_files:
             raise _too_many(name, f"holds {len(infos)} entries", limits)
         members = _zip_members(infos, name, limits)
+        if not members:
+            raise DataError(f"{name} holds no images ({', '.join(IMAGE_SUFFIXES)}, any case); zip a folder of class "
+                            "folders, or of train/ and test/ folders of class folders.")
         tree, total = [], 0
         for info, rel in members:
             what = f"{name}: entry {info.orig_filename!r}"
