@@ -281,6 +281,10 @@ def compare(
     result = run_compare(recipe=resolved, progress=progress)
     typer.echo(result.text)
     typer.echo(f"\nsaved comparison {result.id} in {result.folder} (comparison.json: every run id, value and test)")
+    for note in result.notes:
+        typer.echo(f"warning: {note}", err=True)
+    if result.report is not None:
+        typer.echo(f"report: {result.report}")
 
 
 @app.command()
@@ -411,6 +415,21 @@ def show(run: RunRef, store: StoreDir = None, run_dir: RunDir = False) -> None:
     from automl.report import run_text
 
     typer.echo(run_text(load_run(run, store=store, run_dir=run_dir)))
+
+
+@app.command()
+def report(
+    ref: Annotated[str, typer.Argument(
+        metavar="RUN_OR_COMPARISON", help="A run or comparison id in the store (or a unique prefix, or its folder).")],
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", "-o", help="Write the page here (default: report.html in the run's or comparison's folder).")] = None,
+    store: StoreDir = None,
+) -> None:
+    """Write a run's or a comparison's report: one self-contained HTML page (images inside, nothing from the network)."""
+    from automl.report.pages import write_report
+
+    kind, path = write_report(ref, store=store, out=out)
+    typer.echo(f"wrote the {kind} report {path}")
 
 
 store_app = typer.Typer(help="Look after the store: check it, repair it.", no_args_is_help=True)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +34,8 @@ class Comparison:
     folder: Path | None
     record: dict  # what comparison.json holds
     text: str  # the printed tables
+    report: Path | None = None  # report.html, or None when it failed to render (``notes`` says why)
+    notes: list[str] = field(default_factory=list)  # warnings worth showing the user
 
 
 def variant_labels(recipe) -> list[str]:
@@ -87,7 +89,20 @@ def compare(recipe, *, progress: bool = True) -> Comparison:
         "table.txt": lambda p: p.write_text(text + "\n"),
     })
     record["id"] = cid
-    return Comparison(cid, folder, record, text)
+    report, notes = _report(folder)
+    return Comparison(cid, folder, record, text, report, notes)
+
+
+def _report(folder: Path) -> tuple[Path | None, list[str]]:
+    """The comparison's HTML report, written once the comparison is saved: a report that fails to
+    render costs the page, never the comparison."""
+    from automl.report.pages import write_comparison_report
+
+    try:
+        return write_comparison_report(folder), []
+    except Exception as exc:  # the comparison is saved whatever went wrong here; the note names it
+        return None, [f"comparison {folder.name} is saved, but its HTML report failed ({type(exc).__name__}: {exc}); "
+                      f"`automl report {folder.name}` renders it again."]
 
 
 def summarize(runs: dict[str, list[dict]], labels: list[str], verdict_key: str, *, seed: int = 0) -> dict:

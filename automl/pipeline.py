@@ -207,6 +207,7 @@ def _fit_one(recipe, dataset: Dataset, store: Store, extractors: Extractors, spe
     record = _run_record(recipe, dataset, data, study, storage, best, candidate, extractors, evaluation, board,
                          baseline_id)
     run_dir = _save_stage(record, recipe, dataset, data, head, candidate, extractors, evaluation, board, store)
+    _report_stage(run_dir, dataset, study, notes)
     return FitResult(record.id, run_dir, record, data.embedded + [evaluation.embedded], notes)
 
 
@@ -359,6 +360,18 @@ def _save_stage(record: RunRecord, recipe, dataset: Dataset, data: SearchData, h
 
         files["samples.png"] = lambda p: sample_grid(data.synthetic.items, dataset.classes, p)
     return write_run(store.runs_dir, record.id, files)
+
+
+def _report_stage(run_dir: Path, dataset: Dataset, study, notes: list[str]) -> None:
+    """The run's HTML report (``report.html``), written once the run is saved: a report that fails to
+    render costs the page, never the run, and the user is told how to render it again."""
+    from automl.report.pages import write_run_report
+
+    try:
+        write_run_report(run_dir, dataset=dataset, study=study)
+    except Exception as exc:  # the run is saved whatever went wrong here; the note names it
+        notes.append(f"run {run_dir.name} is saved, but its HTML report failed ({type(exc).__name__}: {exc}); "
+                     f"`automl report {run_dir.name}` renders it again.")
 
 
 def _embed(extractors: Extractors, items, name: str, store: Store, recipe, progress: bool) -> EmbedResult:

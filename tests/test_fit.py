@@ -44,8 +44,8 @@ def test_fit_breastmnist_reports_and_saves_everything(breast_run, shared):
     record = json.loads((run_dir / "run.json").read_text())
     assert record["name"] == "breast" and record["id"] == run_dir.name
     assert sorted(p.name for p in run_dir.iterdir()) == [
-        "leaderboard.json", "metrics.json", "model.json", "model.npz", "predictions.csv", "recipe.yaml", "run.json",
-        "split.json"]
+        "leaderboard.json", "metrics.json", "model.json", "model.npz", "predictions.csv", "recipe.yaml", "report.html",
+        "run.json", "split.json"]
     test = record["test"]
     assert test["n"] == 156
     # Above chance: 114 of 156 test images are benign, so a constant guess has accuracy 0.73, AUROC 0.5.

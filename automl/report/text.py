@@ -1,10 +1,9 @@
-"""Every rendering of the project's results: plain-text tables for the terminal, aligned, no colours,
-safe to paste into an issue.
+"""The terminal's views: plain-text tables, aligned, no colours, safe to paste into an issue.
 
 One function per view; each takes the library's typed records and results (a ``RunRecord``, an
 ``automl.api.Run``, an ``EmbedResult``, a comparison's record) and returns text, so the CLI only echoes
-it and an HTML report can be built on the same views. Metric names, keys and labels come from the one
-table in ``automl.evaluate``.
+it; the HTML pages (``automl.report.pages``) reuse its summaries and cells. Metric names, keys and
+labels come from the one table in ``automl.evaluate``.
 """
 
 from __future__ import annotations
@@ -194,6 +193,9 @@ def fit_text(run) -> str:
                   "`automl show RUN`, `automl predict RUN IMAGES...`"]
     else:
         lines += ["", f"saved run {run.id}: `automl show {run.id}`, `automl predict {run.id} IMAGES...`"]
+    # The HTML report of each run (the pipeline warns instead where one failed to render).
+    pages = [r.folder / "report.html" for r in (run.baseline, run) if r is not None]
+    lines += [f"report: {page}" for page in pages if page.is_file()]
     return "\n".join(lines)
 
 
