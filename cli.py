@@ -67,6 +67,9 @@ SearchHeads = Annotated[Optional[List[str]], typer.Option(
 Trials = Annotated[Optional[int], typer.Option(
     help=f"Search budget per fit in finished trials (default {_default('trials')}).")]
 Timeout = Annotated[Optional[float], typer.Option(help="Search budget per fit in seconds.")]
+Workers = Annotated[Optional[int], typer.Option(
+    help="Search processes on this machine sharing the study (default 1); with a server --storage the same "
+         "command on other machines joins it, and one of them writes the run.")]
 Metric = Annotated[Optional[str], typer.Option(
     help=f"CV metric, and the test metric of compare's verdict: {', '.join(METRICS)} (default {_default('metric')}).")]
 Cv = Annotated[Optional[int], typer.Option(help=f"Cross-validation folds (default {_default('cv')}).")]
@@ -232,6 +235,7 @@ def fit(
     store: StoreOverride = None,
     storage: Annotated[Optional[str], typer.Option(
         help="Optuna storage URL (default: SQLite in the store).")] = None,
+    workers: Workers = None,
     skip_bad: Annotated[Optional[bool], typer.Option(
         "--skip-bad/--no-skip-bad", help="Leave out undecodable files.")] = None,
     name: Name = None,

@@ -159,13 +159,19 @@ def _remove(path: Path) -> None:
 
 
 def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs. A zombie (dead, not yet reaped by its parent: a search process
+    killed while the fit that started it is busy) does not."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True  # no /proc (not Linux): the signal's answer stands
 
 
 @lru_cache(maxsize=64)

@@ -196,19 +196,44 @@ def _fit_one(recipe, dataset: Dataset, store: Store, extractors: Extractors, spe
     with events.stage("embedding"):
         data = _embed_stage(train, synthetic, extractors, store, recipe, progress)
     with events.stage("search"):
+        began = time.time()
         study, storage = _search_stage(data, extractors, store, recipe, notes, progress)
         best = _best_trial(study)
+    election = _election(recipe, dataset, store, storage, study, began)
+    vote = election.vote(echo=progress) if election is not None else None
+    if vote is not None and not vote.won:  # another process that searched this study wrote its run
+        from automl.shared_study import written_by
+
+        run_dir = store.runs_dir / vote.run_id
+        return FitResult(vote.run_id, run_dir, RunRecord.read(run_dir), data.embedded, notes + [written_by(vote)])
     candidate = candidate_of(best)
-    with events.stage("refit"):
-        head = _refit_stage(candidate, data, recipe, notes)
-    with events.stage("evaluate"):
-        evaluation = _evaluate_stage(head, candidate, dataset, extractors, store, recipe, progress)
-    board = leaderboard(study)  # read once: the record's references and leaderboard.json agree
-    record = _run_record(recipe, dataset, data, study, storage, best, candidate, extractors, evaluation, board,
-                         baseline_id)
-    run_dir = _save_stage(record, recipe, dataset, data, head, candidate, extractors, evaluation, board, store)
+    with election.writing() if election is not None else nullcontext():
+        with events.stage("refit"):
+            head = _refit_stage(candidate, data, recipe, notes)
+        with events.stage("evaluate"):
+            evaluation = _evaluate_stage(head, candidate, dataset, extractors, store, recipe, progress)
+        board = leaderboard(study)  # read once: the record's references and leaderboard.json agree
+        record = _run_record(recipe, dataset, data, study, storage, best, candidate, extractors, evaluation, board,
+                             baseline_id)
+        run_dir = _save_stage(record, recipe, dataset, data, head, candidate, extractors, evaluation, board, store)
+        if election is not None:
+            election.done(record.id)
     _report_stage(run_dir, dataset, study, notes)
     return FitResult(record.id, run_dir, record, data.embedded + [evaluation.embedded], notes)
+
+
+def _election(recipe, dataset: Dataset, store: Store, storage: str, study, began: float):
+    """The vote on who writes this study's run, among the commands that searched it (with a trial
+    budget; ``automl.shared_study``); None without one, where every command writes its own."""
+    if recipe.trials is None:
+        return None
+    from automl.search import open_storage
+    from automl.shared_study import RunElection, run_key
+
+    test = sorted(f"{it.fingerprint}:{it.label}" for it in dataset.items if it.split == "test")
+    key = run_key(study.study_name, recipe.trials, test, recipe.name, recipe.seed)
+    return RunElection(open_storage(storage), key, began=began,
+                       exists=lambda run_id: (store.runs_dir / run_id / "run.json").is_file())
 
 
 def _augment_stage(recipe, dataset: Dataset, store: Store, spec, progress: bool):
@@ -281,9 +306,18 @@ def _search_stage(data: SearchData, extractors: Extractors, store: Store, recipe
                      "what won. Name the heads (--heads) to search only those.")
     name = study_name(_fingerprint(data.items, data.kept, data.synthetic), [k.slug() for k in extractors.keys.values()],
                       heads, recipe.metric, recipe.cv, recipe.seed)
-    study = run_search(data.features, data.y, heads=heads, metric=recipe.metric, cv=recipe.cv,
-                       seed=recipe.seed, storage=storage, name=name, n_trials=recipe.trials, timeout=recipe.timeout,
-                       groups=data.groups, synthetic=data.synthetic_rows, progress=progress)
+    search = dict(features=data.features, y=data.y, heads=heads, metric=recipe.metric, cv=recipe.cv,
+                  seed=recipe.seed, storage=storage, name=name, n_trials=recipe.trials, timeout=recipe.timeout,
+                  groups=data.groups, synthetic=data.synthetic_rows)
+    if recipe.workers == 1:
+        return run_search(**search, progress=progress), storage
+    from automl.search import usable_cpus
+    from automl.shared_study import SearchProcesses
+
+    search["n_jobs"] = max(1, usable_cpus() // recipe.workers)  # the machine's cores, shared out
+    with SearchProcesses(recipe.workers - 1, search) as others:
+        study = run_search(**search, progress=progress)
+        notes += others.wait()
     return study, storage
 
 

@@ -560,12 +560,12 @@ class _Session:
 
         self.url, self.name = url, name
         self.token = uuid.uuid4().hex
-        self.storage = self.retrying("opening the storage", lambda: _open_storage(url))
+        self.storage = self.retrying("opening the storage", lambda: open_storage(url))
         self.study_id: int | None = None
 
     @property
     def owner(self) -> dict:
-        return {"host": _host(), "pid": os.getpid(), "started": _process_start(os.getpid()), "session": self.token}
+        return process_owner(self.token)
 
     def retrying(self, what: str, fn):
         """``fn()``, tried again while other processes keep the database locked; then a clear error."""
@@ -683,10 +683,12 @@ def _slot_sampler(session: _Session, seed: int, references: list, n_trials: int 
     return SlotSampler()
 
 
-def _open_storage(url: str):
+def open_storage(url: str):
+    """Optuna's RDB storage of ``url`` with the search's heartbeats; a server's connections are checked
+    before use (``pool_pre_ping``), so one dropped during a long embedding or refit is replaced."""
     import optuna
 
-    kwargs = {"connect_args": {"timeout": _BUSY_S}} if url.startswith("sqlite") else {}
+    kwargs = {"connect_args": {"timeout": _BUSY_S}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     for attempt in range(_LOCK_TRIES):
         try:
             with warnings.catch_warnings():
@@ -746,6 +748,12 @@ def owner_gone(owner: dict, session: str | None = None) -> str | None:
     if owner.get("started") is not None and _process_start(pid) != owner["started"]:
         return f"its process (pid {pid}) is gone (the pid now names another process)"
     return None
+
+
+def process_owner(session: str) -> dict:
+    """This process as the owner of a trial (or of a run being written): its host and pid namespace,
+    pid, start time (a reused pid is told apart) and ``session``, what it runs."""
+    return {"host": _host(), "pid": os.getpid(), "started": _process_start(os.getpid()), "session": session}
 
 
 @lru_cache(maxsize=1)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,72 @@ before_tensorflow()
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 sys.path.insert(0, str(ROOT))  # cli.py lives at the top level
+
+
+def free_port() -> int:
+    """A TCP port on the loopback that nothing listens on now (for a server a test starts)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(check, timeout: float, what: str, every: float = 0.2):
+    """``check()``'s first truthy value, tried every ``every`` seconds; fails after ``timeout``."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+@contextmanager
+def postgres_cluster():
+    """A throw-away PostgreSQL cluster of Debian's postgresql (initdb + pg_ctl; as the postgres user
+    when run as root, which initdb refuses) on a free loopback port, password authentication; yields
+    its URL and removes it all at the end. For the scale-out tests and ``bench/bench_scale_out.py``."""
+    import secrets
+    import shutil
+    import subprocess
+    import tempfile
+
+    def binary(name: str) -> str:
+        versions = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))  # Debian keeps them off PATH
+        found = shutil.which(name) or (str(versions[-1]) if versions else None)
+        if found is None:
+            raise RuntimeError("PostgreSQL is not installed: apt-get install postgresql (.ci/run does)")
+        return found
+
+    initdb, pg_ctl = binary("initdb"), binary("pg_ctl")
+    # Not under pytest's temporary folder: that is private to this user, and the server runs as postgres.
+    folder = Path(tempfile.mkdtemp(prefix="automl-postgres-"))
+    data, password, port = folder / "data", secrets.token_hex(12), free_port()
+    (folder / "pw").write_text(password)
+    as_user = []
+    if os.geteuid() == 0:
+        shutil.chown(folder, "postgres")
+        shutil.chown(folder / "pw", "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+
+    def run(*args):
+        subprocess.run([*as_user, *args], check=True, capture_output=True, cwd=folder)
+
+    try:
+        run(initdb, "-D", str(data), "-U", "automl", f"--pwfile={folder / 'pw'}", "--auth-host=scram-sha-256",
+            "--auth-local=peer", "-E", "UTF8")
+        run(pg_ctl, "-D", str(data), "-l", str(folder / "log"), "-w", "-o",
+            f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=100", "start")
+        try:
+            yield f"postgresql://automl:{password}@127.0.0.1:{port}/postgres"
+        finally:
+            run(pg_ctl, "-D", str(data), "-m", "immediate", "stop")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def write_image(path: Path, *, size=(20, 16), mode="RGB", fmt=None, seed=0, **save_kwargs) -> Path:

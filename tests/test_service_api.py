@@ -176,6 +176,7 @@ def test_predict_answers_with_the_saved_models_classes(service, fitted):
     ({"data": "DATASET", "precision": "half"}, 422, "precision"),
     ({"data": "DATASET", "test_fraction": 1.5}, 422, "test_fraction"),
     ({"data": "DATASET", "storage": "foo://bar"}, 422, "storage: set by the server"),
+    ({"data": "DATASET", "workers": 4}, 422, "workers: set by the server"),
 ])
 def test_bad_recipes_are_refused_with_the_key_named(service, dataset_id, recipe, status, words):
     client, _, root = service

@@ -20,29 +20,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT
+from conftest import ROOT, free_port, wait_for
 
 httpx = pytest.importorskip("httpx", reason="the test extra installs httpx")
 
 SMALL = {"extractors": ["xception"], "heads": ["logreg-elasticnet"], "weights": "none", "image_size": 71,
          "precision": "float32", "cv": 2}
 pytestmark = pytest.mark.timeout(900)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(check, timeout: float, what: str, every: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 @pytest.fixture(params=["sqlite", "redis"])

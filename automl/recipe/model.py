@@ -103,6 +103,10 @@ class Recipe(BaseModel):
     storage: Optional[str] = Field(None, min_length=1, examples=["sqlite:///store/optuna.db"], json_schema_extra={
         "expects": "an Optuna storage URL (sqlite:///..., postgresql://...)"}, description=(
         "Optuna storage URL, e.g. sqlite:///path/optuna.db or postgresql://... (null: SQLite in the store)."))
+    workers: int = Field(1, ge=1, le=256, description=(
+        "Search processes on this machine, sharing one study (fold threads split between them). The same "
+        "command on other machines, with the same store and a server storage (postgresql://...), joins the "
+        "same study: trials is its budget across all of them, and one process writes the run."))
     augment: Annotated[Optional[list[AugmentSpec]], BeforeValidator(augment_shorthand)] = Field(
         None, examples=[{"type": "conventional", "ratio": 1.0}], json_schema_extra={
             "expects": "an augmenter name, a mapping of its plan, or a list of those"}, description=(

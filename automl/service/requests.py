@@ -24,7 +24,7 @@ from automl.recipe.explain import RecipeError
 from automl.recipe.model import explain_errors
 from automl.store import Store
 
-SERVER_KEYS = ("store", "storage")
+SERVER_KEYS = ("store", "storage", "workers")  # the server's storage, and its machine's processes
 SOURCE = "the request's recipe"
 
 
@@ -41,8 +41,8 @@ def validate_recipe(store: Store, body: Any, *, kind: str = "fit", allowed_roots
                            '{"data": "<dataset id>"}.'], source=SOURCE)
     refused = [k for k in SERVER_KEYS if k in body]
     if refused:
-        raise RecipeError([f"{k}: set by the server (its --store / --storage); remove it from the request."
-                           for k in refused], source=SOURCE)
+        raise RecipeError([f"{k}: set by the server (its --store / --storage, its workers' --concurrency); remove "
+                           "it from the request." for k in refused], source=SOURCE)
     data = body.get("data")
     if not isinstance(data, str) or not data:
         raise RecipeError(['data: expected the id of a dataset of this server (POST /datasets answers it, '
