@@ -31,8 +31,11 @@ EXAMPLES = "sqlite:///path/optuna.db, postgresql://user:password@host/db, mysql+
 
 
 def redact(url: str) -> str:
-    """The URL with its password hidden, for run records and messages."""
-    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
+    """The URL with its password hidden, for run records, job answers and messages: the one between
+    the user and the last ``@`` before the host (a password may hold ``@``), and a ``password=`` query
+    parameter."""
+    url = re.sub(r"://([^:/@?#]*):[^/?#]*@", r"://\1:***@", url)
+    return re.sub(r"([?&](?:password|passwd|pwd)=)[^&#]*", r"\1***", url, flags=re.IGNORECASE)
 
 
 def dialect_of(url: str):

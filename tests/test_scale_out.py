@@ -153,3 +153,12 @@ def test_wrong_postgres_credentials_fail_before_any_embedding(postgres, digits, 
     assert "password authentication failed" in done.stderr and "automl:***@" in done.stderr, done.stderr[-2000:]
     assert "not-" not in done.stderr  # the password never reaches the terminal
     assert not (tmp_path / "store" / "embeddings").exists()
+
+
+def test_redact_hides_every_form_of_password():
+    from automl.storage import redact
+
+    assert redact("postgresql://u:p@ss@db:5432/x") == "postgresql://u:***@db:5432/x"  # '@' inside the password
+    assert redact("redis://:secret@h:6379/0") == "redis://:***@h:6379/0"
+    assert redact("postgresql://u@db/x?sslmode=require&password=s3") == "postgresql://u@db/x?sslmode=require&password=***"
+    assert redact("postgresql://db:5432/x") == "postgresql://db:5432/x" and redact("sqlite:///a.db") == "sqlite:///a.db"

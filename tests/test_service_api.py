@@ -303,6 +303,12 @@ def test_a_queued_job_cancelled_never_runs_and_a_dead_workers_job_is_taken_back(
     final = jobs.get(job["id"])
     assert final["state"] == "failed" and final["error"]["type"] == "WorkerLost"
     assert "died" in final["error"]["message"]
+    # The server's storage URL is in the job's request, its password is not in any answer.
+    secret = jobs.create("fit", {**request, "recipe": {**request["recipe"], "storage": "postgresql://u:s3cr3t@db/x"}})
+    answer = service[0].get(f"/jobs/{secret['id']}", headers=AUTH).json()
+    assert answer["request"]["recipe"]["storage"] == "postgresql://u:***@db/x"
+    assert "s3cr3t" not in json.dumps(service[0].get("/jobs", headers=AUTH).json())
+    jobs.request_cancel(secret["id"])
     # A live but silent worker is taken back once its heartbeat is stale.
     job = jobs.create("fit", request)
     alive = WorkerInfo(host="elsewhere", pid=os.getpid(), id="slow")

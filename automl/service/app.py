@@ -202,6 +202,10 @@ def create_app(config: ServiceConfig):
         queue: str = "default"
 
     def described(record: dict) -> dict:
+        recipe = (record.get("request") or {}).get("recipe") or {}
+        if recipe.get("storage"):  # the server's database URL: its password is not the client's to read
+            record = {**record, "request": {**record["request"], "recipe": {**recipe,
+                                                                           "storage": _redacted(recipe["storage"])}}}
         job_id = record["id"]
         links = {"self": f"/jobs/{job_id}", "events": f"/jobs/{job_id}/events"}
         result = record.get("result") or {}
