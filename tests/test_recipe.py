@@ -100,7 +100,8 @@ def test_constants_agree_with_extract():
 def test_every_fit_option_is_a_field():
     assert list(Recipe.model_fields) == [
         "name", "data", "extractors", "weights", "image_size", "precision", "batch_size", "heads", "metric",
-        "trials", "timeout", "cv", "seed", "test_fraction", "skip_bad", "store", "storage", "augment", "repeats"]
+        "trials", "timeout", "cv", "seed", "test_fraction", "skip_bad", "store", "storage", "workers", "augment",
+        "repeats"]
 
 
 def test_names_are_canonicalised(tmp_path):
