@@ -12,6 +12,7 @@ import subprocess
 import sys
 from datetime import datetime, timedelta
 from pathlib import Path
+from urllib.parse import urljoin
 
 import numpy as np
 import pytest
@@ -392,7 +393,13 @@ def test_the_service_serves_the_reports_as_html(tmp_path):
     with TestClient(create_app(config)) as client:
         for base, page in ((f"/runs/{folder.name}", folder / "report.html"),
                            (f"/comparisons/{comparison.name}", comparison / "report.html")):
-            assert client.get(base, headers=auth).json()["files"]["report.html"] == f"{base}/files/report.html"
-            answer = client.get(f"{base}/files/report.html", headers=auth)
-            assert answer.status_code == 200 and answer.headers["content-type"] == "text/html; charset=utf-8"
-            assert answer.content == page.read_bytes()
+            # At the path that mirrors the store (listed), and among the files.
+            assert client.get(base, headers=auth).json()["files"]["report.html"] == f"{base}/report.html"
+            for path in (f"{base}/report.html", f"{base}/files/report.html"):
+                answer = client.get(path, headers=auth)
+                assert answer.status_code == 200 and answer.headers["content-type"] == "text/html; charset=utf-8"
+                assert answer.content == page.read_bytes()
+        # The comparison page's links to its runs' reports resolve on the server as on disk.
+        base = f"http://testserver/comparisons/{comparison.name}/report.html"
+        hrefs = re.findall(r"<a href='([^']+)'>run ", (comparison / "report.html").read_text())
+        assert hrefs and all(client.get(urljoin(base, h), headers=auth).status_code == 200 for h in hrefs)

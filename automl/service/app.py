@@ -28,6 +28,7 @@ from automl.store import Store
 RUN_FILES = ("predictions.csv", "recipe.yaml", "split.json", "metrics.json", "leaderboard.json", "run.json",
              "samples.png", "report.html")
 COMPARISON_FILES = ("comparison.json", "table.txt", "report.html")
+REPORT = "report.html"
 SSE_POLL_S = 0.25
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 SSE_KEEPALIVE_S = 15.0
@@ -299,8 +300,9 @@ def create_app(config: ServiceConfig):
             return None
 
     def listed(folder: Path, names: tuple, base: str) -> dict:
-        """The links of the downloadable files (of ``names``) that ``folder`` holds."""
-        return {n: f"{base}/files/{n}" for n in names if (folder / n).is_file()}
+        """The links of the downloadable files (of ``names``) that ``folder`` holds; the report at the
+        path that mirrors the store (below)."""
+        return {n: f"{base}/{n}" if n == REPORT else f"{base}/files/{n}" for n in names if (folder / n).is_file()}
 
     def served(folder: Path, names: tuple, name: str, base: str) -> FileResponse:
         if name not in names or not (folder / name).is_file():
@@ -327,6 +329,12 @@ def create_app(config: ServiceConfig):
     def run_file(run_id: str, name: str) -> FileResponse:
         return served(run_folder(run_id), RUN_FILES, name, f"/runs/{run_id}")
 
+    # A report also at the path that mirrors the store (runs/<id>/report.html), where the relative links
+    # between reports (a comparison's to its runs, an augmented run's to its baseline) resolve.
+    @app.get("/runs/{run_id}/report.html", tags=["results"], dependencies=auth)
+    def run_report(run_id: str) -> FileResponse:
+        return served(run_folder(run_id), RUN_FILES, REPORT, f"/runs/{run_id}")
+
     def comparison_folder(comparison_id: str) -> Path:
         folder = store.comparisons_dir / comparison_id
         if not _SAFE_ID.match(comparison_id) or not (folder / "comparison.json").is_file():
@@ -344,6 +352,10 @@ def create_app(config: ServiceConfig):
     @app.get("/comparisons/{comparison_id}/files/{name}", tags=["results"], dependencies=auth)
     def comparison_file(comparison_id: str, name: str) -> FileResponse:
         return served(comparison_folder(comparison_id), COMPARISON_FILES, name, f"/comparisons/{comparison_id}")
+
+    @app.get("/comparisons/{comparison_id}/report.html", tags=["results"], dependencies=auth)
+    def comparison_report(comparison_id: str) -> FileResponse:
+        return served(comparison_folder(comparison_id), COMPARISON_FILES, REPORT, f"/comparisons/{comparison_id}")
 
     # --- models ------------------------------------------------------------------------------------
 
