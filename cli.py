@@ -92,6 +92,8 @@ Mix = Annotated[Optional[str], typer.Option(
 RealFraction = Annotated[Optional[float], typer.Option(
     help="Keep this stratified share of the real training images "
     f"(default {_default('real_fraction', AugmentSpec)}).")]
+PrecisionOverride = Annotated[Optional[str], typer.Option(
+    help=f"auto, float32, bfloat16 or float16 (default {_default('precision')}).")]
 AugmentParam = Annotated[Optional[List[str]], typer.Option(
     "--augment-param", "-p", help="An augmenter parameter KEY=VALUE (VALUE read as YAML: 0.1, true, text); "
     "repeatable.")]
@@ -225,8 +227,7 @@ def fit(
     cv: Cv = None,
     weights: WeightsOverride = None,
     image_size: ImageSizeOverride = None,
-    precision: Annotated[Optional[str], typer.Option(
-        help=f"auto, float32, bfloat16 or float16 (default {_default('precision')}).")] = None,
+    precision: PrecisionOverride = None,
     batch_size: BatchSize = None,
     seed: Annotated[Optional[int], typer.Option(
         help=f"Seed of the split, the search and the heads (default {_default('seed')}).")] = None,
@@ -298,6 +299,59 @@ def augmenters() -> None:
     from automl.report import augmenters_text
 
     typer.echo(augmenters_text(AUGMENTERS))
+
+
+@app.command()
+def quality(
+    data: DataOrRecipe = None,
+    recipe: RecipeOption = None,
+    augment: Augment = None,
+    ratio: Ratio = None,
+    classes: Classes = None,
+    mix: Mix = None,
+    real_fraction: RealFraction = None,
+    augment_param: AugmentParam = None,
+    extractor: Annotated[Optional[str], typer.Option(
+        "--extractor", "-e", help="The extractor whose features the numbers are computed in: any --extractors "
+        "name, file:PATH included (default: the recipe's first extractor). FID from different extractors is not "
+        "comparable.")] = None,
+    weights: WeightsOverride = None,
+    image_size: ImageSizeOverride = None,
+    precision: PrecisionOverride = None,
+    batch_size: BatchSize = None,
+    seed: Annotated[Optional[int], typer.Option(
+        help=f"Seed of the split, the augmenter and the bootstrap (default {_default('seed')}).")] = None,
+    test_fraction: Annotated[Optional[float], typer.Option(
+        help=f"Test share when the data has no test split (default {_default('test_fraction')}).")] = None,
+    store: StoreOverride = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON list, a record per variant.")] = False,
+    progress: Progress = True,
+) -> None:
+    """How close are a variant's synthetic images to the real training images, and are they copies? FID, KID,
+    precision/recall, density/coverage and near-copies, per class and overall."""
+    flags = dict(locals())
+    as_json, name = flags.pop("as_json"), flags.pop("extractor")
+    _check_augmenters(augment)
+    resolved = _resolve_recipe({**flags, "extractors": [name] if name else None, "heads": None})
+    if not resolved.augment:
+        raise typer.BadParameter("give the augmentation variant to measure: --augment NAME (`automl augmenters` "
+                                 "lists them), or a recipe with `augment:`", param_hint="--augment")
+    from automl.pipeline import quality as measure_variants
+    from automl.quality import quality_text
+
+    records = measure_variants(resolved, progress=progress)
+    typer.echo(json_text(records) if as_json else "\n\n".join(quality_text(r) for r in records))
+
+
+def _check_augmenters(names: Optional[str]) -> None:
+    """Each --augment name registered; else the flag and the valid names (the recipe would name its own field)."""
+    from automl.augment import AUGMENTERS
+    from automl.registry import canonical
+
+    for name in _split_names([names]) if names else []:
+        if canonical(name) not in AUGMENTERS:
+            raise typer.BadParameter(f"unknown augmenter {name!r}; valid names: {', '.join(AUGMENTERS.names())}",
+                                     param_hint="--augment")
 
 
 def _resolve_recipe(flags: dict) -> Recipe:
@@ -395,6 +449,50 @@ def predict(
         typer.echo(predict_table(rows))
     for b in bad:
         typer.echo(f"skipped {b.path}: {b.reason}", err=True)
+
+
+@app.command()
+def explain(
+    run: RunRef,
+    images: Annotated[Optional[List[Path]], typer.Argument(
+        help="Image files and/or folders (searched recursively); optional with --synthetic.")] = None,
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", "-o", help="Folder for the maps (default: explain/ in the run's folder, which its report "
+        "shows).")] = None,
+    target: Annotated[Optional[str], typer.Option(
+        "--class", help="Map the evidence for this class (default: each image's predicted class; the --synthetic "
+        "grid maps each image for its own class).")] = None,
+    synthetic: Annotated[int, typer.Option(
+        help="Also map N real and N synthetic training images per augmented class of an augmented run, each for its "
+             "own class (the report's grid of real vs synthetic).")] = 0,
+    method: Annotated[str, typer.Option(
+        help="auto (CAM for a linear head, integrated gradients for the others, occlusion where the extractor "
+             "gives no feature map: TFLite files, SavedModels), grad-cam, integrated-gradients or "
+             "occlusion.")] = "auto",
+    store: StoreDir = None,
+    run_dir: RunDir = False,
+    skip_bad: SkipBad = False,
+    progress: Progress = True,
+) -> None:
+    """Where each image holds the evidence for its class: a heat map over it (PNG) per image."""
+    from automl.api import load_run
+    from automl.attribution import explain_run
+    from automl.report import table
+
+    saved = load_run(run, store=store, run_dir=run_dir)
+    result = explain_run(saved.folder, images or [], out=out, target=target, synthetic=synthetic, method=method,
+                         skip_bad=skip_bad, progress=progress)
+    typer.echo(table(["image", "predicted", "p", "map of", "method", "file"],
+                     [[r.image if r.kind == "image" else f"{r.kind} {r.row}: {r.image}", r.predicted,
+                       round(r.probability, 4), r.explained, r.method + (" (empty)" if r.empty else ""), r.png]
+                      for r in result.rows], align="llrlll"))
+    typer.echo(f"wrote {len(result.rows)} map(s) to {result.folder} (overlay .png, map .npy, explain.json)")
+    for note in result.notes:
+        typer.echo(f"note: {note}", err=True)
+    for b in result.skipped:
+        typer.echo(f"skipped {b.path}: {b.reason}", err=True)
+    if out is None:
+        typer.echo(f"`automl report {saved.id}` shows them in the run's page")
 
 
 @app.command()

@@ -133,6 +133,39 @@ def fit_variants(recipe, variants: Sequence, *, progress: bool = True) -> list[F
     return out
 
 
+def quality(recipe, *, progress: bool = True) -> list[dict]:
+    """``automl quality``: each of the recipe's augmentation variants' synthetic images for the training
+    split (made, or reused from the store, exactly as a fit's augment stage makes them) against the real
+    training images, in the features of the recipe's first extractor (through the embedding cache); one
+    ``automl.quality.measure`` record per variant. Nothing is searched and no run is saved."""
+    from automl.augment.generate import preflight
+    from automl.data import load_dataset, split_test
+    from automl.quality import measure
+
+    variants = list(recipe.augment or [])
+    if not variants:
+        raise ConfigError("quality measures an augmentation variant's images: pass --augment NAME (or a recipe "
+                          "with `augment:`); `automl augmenters` lists them.")
+    recipe = recipe.model_copy(update={"extractors": recipe.extractors[:1]})
+    dataset = split_test(load_dataset(recipe.data, skip_bad=recipe.skip_bad),
+                         test_fraction=recipe.test_fraction, seed=recipe.seed)
+    store = Store(recipe.store)
+    train = [it for it in dataset.items if it.split != "test"]
+    extractors = Extractors.resolve(recipe.extractors, store, weights=recipe.weights, image_size=recipe.image_size,
+                                    precision=recipe.precision, seed=recipe.seed)
+    for spec in variants:  # a bad plan or a missing package fails before any work
+        preflight(train, dataset.classes, spec, generated_dir=store.generated_dir, seed=recipe.seed)
+    out = []
+    for spec in variants:
+        with events.stage("generating"):
+            items, synthetic = _augment_stage(recipe, dataset, store, spec, progress)
+        with events.stage("embedding"):
+            data = _embed_stage(items, synthetic, extractors, store, recipe, progress)
+        out.append(measure(data.items, data.kept, data.features, synthetic, dataset.classes,
+                           keys={n: k.to_dict() for n, k in extractors.keys.items()}, seed=recipe.seed))
+    return out
+
+
 def _preflight_stage(recipe, dataset: Dataset, store: Store, variants: Sequence) -> "Extractors":
     """Every check that needs no embeddings, before any embedding or generation, so a fit that cannot
     finish fails in seconds with the fix instead of after the work: the folds against the smallest
@@ -375,7 +408,8 @@ def _run_record(recipe, dataset: Dataset, data: SearchData, study, storage: str,
 
 def _save_stage(record: RunRecord, recipe, dataset: Dataset, data: SearchData, head, candidate,
                 extractors: Extractors, evaluation: Evaluation, board: list[dict], store: Store) -> Path:
-    """The run folder, written all or nothing: record, recipe, split, metrics, leaderboard, predictions, model."""
+    """The run folder, written all or nothing: record, recipe, split, metrics, leaderboard, predictions, model;
+    with a variant, its sample grid and ``quality.json`` (``automl.quality``, from the search's features)."""
     from automl.recipe import recipe_to_yaml
 
     bundle = ModelBundle(extractors.keys[candidate.extractor].to_dict(), extractors.settings["weights"].record(),
@@ -391,8 +425,13 @@ def _save_stage(record: RunRecord, recipe, dataset: Dataset, data: SearchData, h
     }
     if data.synthetic is not None:
         from automl.augment.generate import sample_grid
+        from automl.quality import FIT_MAX_ROWS, measure
 
         files["samples.png"] = lambda p: sample_grid(data.synthetic.items, dataset.classes, p)
+        chosen = candidate.extractor  # the run's extractor: FID from different extractors is not comparable
+        quality = measure(data.items, data.kept, {chosen: data.features[chosen]}, data.synthetic, dataset.classes,
+                          keys={chosen: extractors.keys[chosen].to_dict()}, seed=recipe.seed, max_rows=FIT_MAX_ROWS)
+        files["quality.json"] = lambda p: write_json(p, quality)
     return write_run(store.runs_dir, record.id, files)
 
 

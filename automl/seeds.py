@@ -33,6 +33,10 @@ Names are joined by ``:``, so ``derive(seed, "augment", 3, "order")`` is the str
                               pretraining's augmentation and dropout layers
 ``pretrain:epoch:<n>``        pretraining's shuffle of epoch ``n``
 ``bootstrap``                 ``compare``'s bootstrap intervals
+``report:bootstrap``          the run report's bootstrap intervals over the test images
+``quality:<extractor>:<class>:bootstrap``, ``quality:<extractor>:<class>:kid``
+                              synthetic-image quality (``automl.quality``): the resamples of its
+                              intervals, and KID's subsets; ``<class>`` a class name or ``all``
 ============================  ==========================================================================
 
 Not derived: the ``split`` above; ``compare``'s repeat ``r``, which runs with seed ``seed + r`` (the

@@ -264,6 +264,30 @@ def synthetic_samples(record: RunRecord, per_class: int = 4) -> tuple[dict[str, 
     return out, None
 
 
+def explain_maps(folder: Path) -> tuple[list[dict], str | None]:
+    """The maps `automl explain` wrote into the run's ``explain/`` (its manifest's entries whose PNG is
+    there), and a note on what was left out; ([], None) when there are none."""
+    from automl.attribution import FOLDER, read_manifest
+
+    return read_manifest(Path(folder) / FOLDER)
+
+
+def run_quality(folder: Path) -> tuple[dict | None, str | None]:
+    """``quality.json`` of an augmented run (``automl.quality``: FID, KID, precision/recall,
+    density/coverage and near-copies), and a note when it is missing or unreadable."""
+    path = Path(folder) / "quality.json"
+    if not path.is_file():
+        return None, ("this run has no quality.json (fitted before automl measured synthetic images); "
+                      "`automl quality` with the run's data and augmentation flags measures them.")
+    try:
+        record = json.loads(path.read_text())
+        if not isinstance(record, dict) or not isinstance(record.get("extractors"), list):
+            raise ValueError("not a quality record")
+    except (OSError, ValueError) as exc:
+        return None, f"cannot read {path}: {exc}; `automl quality` measures the synthetic images again."
+    return record, None
+
+
 def load_png(path: str, size: int) -> np.ndarray:
     """A PNG automl wrote (a synthetic image), decoded by the same checks as any image."""
     from automl.images import decode

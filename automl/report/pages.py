@@ -140,6 +140,9 @@ def run_page(folder: Path, *, out_dir: Path | None = None, dataset=None, study=N
         ("test", "Test metrics", _test_section(ev)),
         ("mistakes", "Worst mistakes", _mistakes_section(ev)),
     ]
+    explained = _explain_section(ev)  # maps `automl explain` wrote into the run's folder, if any
+    if explained:
+        sections.append(("explain", "What the model looks at", explained))
     if record.augment:
         sections.append(("augmentation", "Augmentation", _augmentation_section(ev, out_dir)))
     sections.append(("reproduce", "Reproduce", _reproduce_section(ev)))
@@ -373,6 +376,67 @@ def _mistakes_section(ev) -> str:
     return intro + f"<div class='thumbs'>{''.join(cells)}</div>"
 
 
+def _explain_section(ev) -> str:
+    """The maps `automl explain` wrote into the run's ``explain/`` (its manifest says what each shows):
+    the images a user explained, and the grid of real vs synthetic training images of each augmented
+    class (`--synthetic N`). Empty without any."""
+    from automl.report.evidence import explain_maps, short_name
+    from automl.report.figures import png_image
+
+    entries, note = explain_maps(ev.folder)
+    if not entries and not note:
+        return ""
+    parts = [f"<p>Where in each image the model found the evidence for a class, written by <code>automl explain</code> "
+             f"into {esc(ev.folder.name)}/explain/ (yellow: most evidence). {esc(_EXPLAIN_METHODS)}</p>"]
+    if note:
+        parts.append(_note(note))
+
+    def cell(entry, kind="thumb map"):
+        alt = f"{entry['method']} map of class {entry['explained']} over {short_name(str(entry['image']))}"
+        caption = ((f"{entry['kind']} " if entry["kind"] != "image" else "")
+                   + f"{short_name(str(entry['image']))}: {entry['method']} of {entry['explained']}"
+                   + (" (empty)" if entry.get("empty") else ""))
+        extra = f"<br>predicted {esc(entry['predicted'])} (p {float(entry['probability']):.2f})"
+        return _thumb(lambda: png_image(_map_png(ev.folder / "explain" / entry["png"]), alt), caption, extra, kind=kind)
+
+    images = [e for e in entries if e["kind"] == "image"]
+    if images:
+        shown = images[:EXPLAIN_MAPS]
+        parts.append(f"<h3>Explained images</h3><div class='thumbs'>{''.join(cell(e) for e in shown)}</div>")
+        if len(images) > len(shown):
+            parts.append(f"<p>{len(images) - len(shown)} more maps in {esc(ev.folder.name)}/explain/.</p>")
+    rows = []
+    for name in ev.record.classes:
+        real = [cell(e) for e in entries if e["kind"] == "real" and e.get("row") == name]
+        synthetic = [cell(e, "thumb map synthetic") for e in entries
+                     if e["kind"] == "synthetic" and e.get("row") == name]
+        if real or synthetic:
+            rows.append(f"<div class='row'><div class='rowlabel'>{esc(name)}</div>{''.join(real + synthetic)}</div>")
+    if rows:
+        parts.append("<h3>Real and synthetic training images with their maps</h3><p>Per augmented class, real training "
+                     "images (the synthetic images' sources, where the augmenter used one) and then synthetic images "
+                     "(outlined), each mapped for its own class: does the model look at the same things in both?</p>"
+                     f"<div class='grid'>{''.join(rows)}</div>")
+    return "\n".join(parts)
+
+
+EXPLAIN_MAPS = 24  # maps of explained images shown; the folder holds them all
+MAP_BYTES = 4 << 20  # a map PNG larger than this is not embedded (automl writes them at most 512 px)
+_EXPLAIN_METHODS = ("CAM: the linear head's class weights projected onto the extractor's last feature maps (exact); "
+                    "Grad-CAM: those maps weighted by the gradient of the head's class score; integrated gradients: "
+                    "the score's change from the average training image, shared out over the locations; occlusion: "
+                    "the drop in the class's probability when a grey square covers each place.")
+
+
+def _map_png(path: Path) -> bytes:
+    if path.stat().st_size > MAP_BYTES:
+        raise ValueError(f"{path.name} is larger than {MAP_BYTES >> 20} MiB; open it from the folder")
+    data = path.read_bytes()
+    if not data.startswith(b"\x89PNG\r\n\x1a\n"):
+        raise ValueError(f"{path.name} is not a PNG file")
+    return data
+
+
 def _augmentation_section(ev, out_dir: Path) -> str:
     from automl.report.evidence import load_png, short_name, synthetic_samples
     from automl.report.figures import thumbnail
@@ -385,6 +449,7 @@ def _augmentation_section(ev, out_dir: Path) -> str:
         parts.append(f"<p>The original-data run: {_run_link(out_dir, ev.folder.parent, ev.baseline.id)}.</p>")
     elif "baseline" in ev.notes:
         parts.append(_note(ev.notes["baseline"]))
+    parts.append(_quality_part(ev))
     samples, note = synthetic_samples(ev.record, SYNTHETIC_PER_CLASS)
     if note:
         parts.append(_note(note))
@@ -412,6 +477,44 @@ def _augmentation_section(ev, out_dir: Path) -> str:
                      "image it was made from, where the augmenter used one.</p>"
                      f"<div class='grid'>{''.join(grid)}</div>")
     return "\n".join(parts)
+
+
+def _quality_part(ev) -> str:
+    """``quality.json``: the table in the run's extractor's features (the others' folded away), what the
+    numbers mean, and the near-copies with the real images they copy."""
+    from automl.quality import COLUMNS, copies_lines, explanation, table_rows
+    from automl.report.evidence import load_png, run_quality, short_name
+    from automl.report.figures import thumbnail
+
+    record, note = run_quality(ev.folder)
+    if record is None:
+        return "<h3>Synthetic image quality</h3>" + _note(note)
+    extractors = sorted(record["extractors"], key=lambda e: e["name"] != ev.record.best.extractor)
+    tables = [_table(COLUMNS, table_rows(e), numeric=range(1, len(COLUMNS)),
+                     caption=f"Real training images vs synthetic images, in the features of {e['description']}")
+              for e in extractors]
+    parts = ["<h3>Synthetic image quality</h3>", tables[0]]
+    if len(tables) > 1:
+        parts.append("<details><summary>The other extractors of the search (FID from different extractors is not "
+                     f"comparable)</summary>{''.join(tables[1:])}</details>")
+    parts.append("<ul>" + "".join(f"<li>{esc(line)}</li>" for line in explanation(record)) + "</ul>")
+    parts.append("<p>" + "<br>".join(esc(line) for line in copies_lines(record)) + "</p>")
+    cells = []
+    for c in [c for c in record["copies"]["images"] if c.get("near_copy")][:COPIES_SHOWN]:
+        real = ev.item(c["pixel"]["nearest"])
+        name = short_name(c["path"])
+        cells.append(_thumb(lambda c=c, name=name: thumbnail(load_png(c["path"], THUMB), f"synthetic image {name}"),
+                            f"synthetic: {name}", kind="thumb synthetic"))
+        if real is not None:
+            cells.append(_thumb(lambda real=real: thumbnail(real.load(THUMB), f"real image {short_name(real.path)}"),
+                                f"real: {short_name(real.path)}", f"<br>r = {c['pixel']['similarity']:.3f}"))
+    if cells:
+        parts.append("<p>Near-copies (outlined) beside the real image each copies:</p>"
+                     f"<div class='thumbs'>{''.join(cells)}</div>")
+    return "\n".join(parts)
+
+
+COPIES_SHOWN = 8  # near-copy pairs shown as thumbnails; quality.json lists every synthetic image
 
 
 def _side_by_side(baseline, augmented) -> str:
@@ -587,6 +690,7 @@ figure.thumb{margin:0;width:104px}figure.thumb img{image-rendering:pixelated;wid
 figure.thumb figcaption{font-size:.75em;overflow-wrap:anywhere}
 figure.synthetic img{border:3px solid #0072B2}
 figure.missing{width:104px;font-size:.75em;color:#555}
+figure.map{width:168px}figure.map img{width:160px;image-rendering:auto}
 pre{background:#f6f6f6;padding:8px 10px;white-space:pre-wrap;overflow-wrap:anywhere;font-size:.85em}
 code{overflow-wrap:anywhere}
 details summary{cursor:pointer;font-weight:600}

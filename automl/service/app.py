@@ -26,7 +26,7 @@ from automl.service.uploads import DatasetNotFoundError, Limits
 from automl.store import Store
 
 RUN_FILES = ("predictions.csv", "recipe.yaml", "split.json", "metrics.json", "leaderboard.json", "run.json",
-             "samples.png", "report.html")
+             "samples.png", "report.html", "quality.json")
 COMPARISON_FILES = ("comparison.json", "table.txt", "report.html")
 REPORT = "report.html"
 SSE_POLL_S = 0.25
