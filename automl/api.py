@@ -55,6 +55,13 @@ class Run:
         """The search's best trials (rank, CV score, pipeline), plus the study's reference setups."""
         return self._read("leaderboard.json")
 
+    @property
+    def report(self) -> Path | None:
+        """The run's HTML report (``report.html``), or None where none was written (``automl report``
+        writes it)."""
+        page = self.folder / "report.html"
+        return page if page.is_file() else None
+
     def predict(self, images: Sequence[str | os.PathLike], *, skip_bad: bool = False, batch_size: int | None = None,
                 progress: bool = False) -> list[dict]:
         """``{"path", "class", "probabilities"}`` per image (files, or folders searched recursively).

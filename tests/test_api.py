@@ -42,6 +42,7 @@ def test_fit_load_run_predict(digits, fitted):
     assert run.record.best.extractor == "xception" and run.record.best.head == "logreg-elasticnet"
     assert run.metrics["n"] == run.record.test["n"] == 6 and "confusion_matrix" in run.metrics
     assert run.leaderboard[0]["rank"] == 1 and run.embeddings and run.baseline is None
+    assert run.report == run.folder / "report.html"  # fit wrote the page
 
     again = automl.load_run(run.id[:-1], store=store)  # a unique id prefix
     assert again.record == run.record
