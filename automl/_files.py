@@ -158,6 +158,18 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def die_with_parent(signum: int) -> None:
+    """Ask Linux to send this process ``signum`` when its parent dies, even by SIGKILL (elsewhere:
+    nothing), so a child a command starts never outlives it."""
+    import sys
+
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signum)
+
+
 def process_alive(pid: int) -> bool:
     """Whether process ``pid`` runs. A zombie (dead, not yet reaped by its parent: a search process
     killed while the fit that started it is busy) does not."""

@@ -27,13 +27,13 @@ import hashlib
 import json
 import os
 import signal
-import sys
 import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
 
 from automl import progress as events
+from automl._files import die_with_parent
 from automl.search import CLAIM_WAIT_S, GRACE_S, HEARTBEAT_S, owner_gone, process_owner
 
 _WRITER = "automl:writer"
@@ -91,21 +91,13 @@ class SearchProcesses:
 
 
 def _search_child(search: dict) -> None:
-    _die_with_parent()
+    die_with_parent(signal.SIGKILL)
+    if os.getppid() == 1:  # the parent died before the line above: nobody would stop us
+        os._exit(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C reaches the whole group: the parent stops us
     from automl.search import run_search
 
     run_search(**search, progress=False)
-
-
-def _die_with_parent() -> None:
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() == 1:  # the parent died before the line above: nobody would stop us
-            os._exit(1)
 
 
 # --- which process writes the run ------------------------------------------------------------------

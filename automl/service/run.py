@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
+from automl._files import die_with_parent
 from automl.errors import ConfigError, MissingDependencyError
 from automl.store import Store
 
@@ -98,10 +99,6 @@ def worker(*, store: Path | None, queue: str | None, queue_name: str, concurrenc
 
 
 def _die_with_parent() -> None:
-    """In the worker ``serve --workers`` starts (before exec): Linux kills it when the server dies,
+    """In the worker ``serve --workers`` starts (before exec): it gets SIGTERM when the server dies,
     even by SIGKILL, so no worker outlives its server."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    die_with_parent(signal.SIGTERM)
