@@ -68,6 +68,12 @@ class Extractors:
         settings = dict(weights=Weights.parse(weights), image_size=image_size, precision=precision, seed=seed)
         return cls(specs, {n: spec.key(**settings) for n, spec in specs.items()}, settings)
 
+    @classmethod
+    def of(cls, recipe, store: Store) -> "Extractors":
+        """The recipe's extractors with its weights, image size, precision and seed."""
+        return cls.resolve(recipe.extractors, store, weights=recipe.weights, image_size=recipe.image_size,
+                           precision=recipe.precision, seed=recipe.seed)
+
     def embed(self, items, name: str, store: Store, *, batch_size: int | None, skip_bad: bool,
               progress: bool) -> EmbedResult:
         spec = self.specs[name]
@@ -114,13 +120,18 @@ def fit_variant(recipe) -> list:
     return variants
 
 
+def _split_dataset(recipe) -> Dataset:
+    """The recipe's dataset, its test split held out (given, or a stratified, seeded share)."""
+    from automl.data import load_dataset, split_test
+
+    return split_test(load_dataset(recipe.data, skip_bad=recipe.skip_bad), test_fraction=recipe.test_fraction,
+                      seed=recipe.seed)
+
+
 def fit_variants(recipe, variants: Sequence, *, progress: bool = True) -> list[FitResult]:
     """The original-data baseline, then one run per augmentation variant: the same test split, folds
     drawn over the same real images, the same search budget and seed."""
-    from automl.data import load_dataset, split_test
-
-    dataset = split_test(load_dataset(recipe.data, skip_bad=recipe.skip_bad),
-                         test_fraction=recipe.test_fraction, seed=recipe.seed)
+    dataset = _split_dataset(recipe)
     store = Store(recipe.store)
     notes = dataset_notes(dataset)
     extractors = _preflight_stage(recipe, dataset, store, variants)
@@ -139,7 +150,6 @@ def quality(recipe, *, progress: bool = True) -> list[dict]:
     training images, in the features of the recipe's first extractor (through the embedding cache); one
     ``automl.quality.measure`` record per variant. Nothing is searched and no run is saved."""
     from automl.augment.generate import preflight
-    from automl.data import load_dataset, split_test
     from automl.quality import measure
 
     variants = list(recipe.augment or [])
@@ -147,12 +157,10 @@ def quality(recipe, *, progress: bool = True) -> list[dict]:
         raise ConfigError("quality measures an augmentation variant's images: pass --augment NAME (or a recipe "
                           "with `augment:`); `automl augmenters` lists them.")
     recipe = recipe.model_copy(update={"extractors": recipe.extractors[:1]})
-    dataset = split_test(load_dataset(recipe.data, skip_bad=recipe.skip_bad),
-                         test_fraction=recipe.test_fraction, seed=recipe.seed)
+    dataset = _split_dataset(recipe)
     store = Store(recipe.store)
     train = [it for it in dataset.items if it.split != "test"]
-    extractors = Extractors.resolve(recipe.extractors, store, weights=recipe.weights, image_size=recipe.image_size,
-                                    precision=recipe.precision, seed=recipe.seed)
+    extractors = Extractors.of(recipe, store)
     for spec in variants:  # a bad plan or a missing package fails before any work
         preflight(train, dataset.classes, spec, generated_dir=store.generated_dir, seed=recipe.seed)
     out = []
@@ -178,8 +186,7 @@ def _preflight_stage(recipe, dataset: Dataset, store: Store, variants: Sequence)
 
     train = [it for it in dataset.items if it.split != "test"]
     check_cv([it.label for it in train], recipe.cv, dataset.classes)  # cv_splits checks the embedded rows again
-    extractors = Extractors.resolve(recipe.extractors, store, weights=recipe.weights, image_size=recipe.image_size,
-                                    precision=recipe.precision, seed=recipe.seed)
+    extractors = Extractors.of(recipe, store)
     if recipe.storage:
         check_storage(recipe.storage)
     if variants:
