@@ -535,6 +535,22 @@ def _show(bar, study, metric: str, done: int, finished: int) -> None:
             bar.set_postfix_str(f"best {metric} {best.value:.4f}: {pipeline}"[:90], info=bar.info)
 
 
+def _free_slot(holders) -> int:
+    """The lowest slot none of ``holders`` (trials finished, failed, or running ahead) holds. A trial
+    interrupted while later ones ran frees its slot, and the next trial takes that one, never a slot a
+    later trial still holds (the same slot seeds the same sampler: the same configuration twice).
+    Trials without a claimed slot hold the lowest free ones."""
+    held = [(t.system_attrs.get(_CLAIM) or {}).get("slot") for t in holders]
+    taken, unclaimed = {s for s in held if s is not None}, sum(s is None for s in held)
+    slot = 0
+    while True:
+        if slot not in taken:
+            if unclaimed == 0:
+                return slot
+            unclaimed -= 1
+        slot += 1
+
+
 class _Tally:
     """Counts of a study's trials (those numbered below ``before`` for the running ones)."""
 
@@ -546,7 +562,7 @@ class _Tally:
         running = [t for t in trials if t.state == TrialState.RUNNING and (before is None or t.number < before)
                    and not (t.system_attrs.get(_CLAIM) or {}).get("surplus")]
         self.finished, self.running = len(finished), len(running)
-        self.slot = len(finished) + len(failed) + len(running)
+        self.slot = _free_slot(finished + failed + running)
         self.references = {t.user_attrs.get("reference") or (t.system_attrs.get(_CLAIM) or {}).get("reference")
                            for t in finished + failed + running} - {None}
 

@@ -15,8 +15,9 @@ Names are joined by ``:``, so ``derive(seed, "augment", 3, "order")`` is the str
 ``folds``                     the cross-validation folds of the search (``search.run_search``)
 ``rung:<fold>:<rows>``        the stratified subsample of ``rows`` training rows of fold ``fold`` that a
                               search's trials are first scored on (successive halving over data size)
-``search:<slot>``             the Optuna sampler of a search's trial that has ``slot`` trials
-                              (finished, failed or running ahead of it) before it
+``search:<slot>``             the Optuna sampler of a search's trial whose slot is ``slot``: the
+                              lowest no trial finished, failed or running ahead of it holds (the
+                              trial count before it, unless an interrupted trial freed its slot)
 ``head``                      every head's ``random_state``, in the search and in the refit
 ``augment:real``              the stratified share of real images ``real_fraction`` keeps
 ``augment:sampler``           which training images a Stable Diffusion fine-tune sees (``random:N``)

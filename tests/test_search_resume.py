@@ -217,3 +217,28 @@ def test_a_locked_storage_is_retried_then_named(tmp_path, monkeypatch):
         session.retrying("reading the study", locked)
     with pytest.raises(ZeroDivisionError):  # anything else is not the storage's lock: raised as it is
         session.retrying("reading the study", lambda: 1 / 0)
+
+
+def test_a_slot_freed_below_a_running_trial_is_taken_again_never_the_running_ones(tmp_path, monkeypatch):
+    """A worker killed mid-trial while a later trial runs elsewhere: the next trial takes the freed
+    slot (its sampler draws what the dead trial drew), never the running trial's (the same draw twice)."""
+    import optuna
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    optuna.create_study(storage=url, study_name="t")
+    monkeypatch.setattr(search, "_LIVE_SESSIONS", set())
+
+    def start():  # a trial started by a search of its own that is still running it
+        session = search._Session(url, "t")
+        search._LIVE_SESSIONS.add(session.token)
+        sampler = search._slot_sampler(session, 0, [], n_trials=10)
+        study = optuna.load_study(storage=session.storage, study_name="t", sampler=sampler)
+        session.study_id = session.storage.get_study_id_from_name("t")
+        trial = study.ask()
+        return session, (sampler.ticket.slot, trial.suggest_float("C", 1e-3, 1e3, log=True))
+
+    sessions, drawn = zip(*[start() for _ in range(3)])  # trials 0, 1, 2 running
+    assert [slot for slot, _ in drawn] == [0, 1, 2]
+    search._LIVE_SESSIONS.discard(sessions[1].token)  # the search running trial 1 dies
+    assert start()[1] == drawn[1]  # trial 3 fails trial 1 and reruns its slot: the same draw
+    assert start()[1][0] == 3  # trial 4 goes on past the slots held
