@@ -97,6 +97,9 @@ PrecisionOverride = Annotated[Optional[str], typer.Option(
 AugmentParam = Annotated[Optional[List[str]], typer.Option(
     "--augment-param", "-p", help="An augmenter parameter KEY=VALUE (VALUE read as YAML: 0.1, true, text); "
     "repeatable.")]
+AugmentFilter = Annotated[Optional[List[str]], typer.Option(
+    "--filter", help="Which synthetic images train, KEY=VALUE or KEY (true): drop_copies, selective=0.8, "
+    "control, pool=3, extractor=NAME; repeatable.")]
 
 
 def _version(value: bool) -> None:
@@ -246,6 +249,7 @@ def fit(
     mix: Mix = None,
     real_fraction: RealFraction = None,
     augment_param: AugmentParam = None,
+    augment_filter: AugmentFilter = None,
     progress: Progress = True,
 ) -> None:
     """Search extractors x heads by CV on the training split, evaluate the test split once, save the run;
@@ -265,6 +269,7 @@ def compare(
     mix: Mix = None,
     real_fraction: RealFraction = None,
     augment_param: AugmentParam = None,
+    augment_filter: AugmentFilter = None,
     extractors: SearchExtractors = None,
     heads: SearchHeads = None,
     trials: Trials = None,
@@ -311,6 +316,7 @@ def quality(
     mix: Mix = None,
     real_fraction: RealFraction = None,
     augment_param: AugmentParam = None,
+    augment_filter: AugmentFilter = None,
     extractor: Annotated[Optional[str], typer.Option(
         "--extractor", "-e", help="The extractor whose features the numbers are computed in: any --extractors "
         "name, file:PATH included (default: the recipe's first extractor). FID from different extractors is not "
@@ -363,7 +369,8 @@ def _resolve_recipe(flags: dict) -> Recipe:
     flags = dict(flags)
     recipe, data = flags.pop("recipe"), flags["data"]
     flags.pop("progress")
-    plan = [flags.pop(key) for key in ("augment", "ratio", "classes", "mix", "real_fraction", "augment_param")]
+    plan = [flags.pop(key) for key in ("augment", "ratio", "classes", "mix", "real_fraction", "augment_param",
+                                       "augment_filter")]
     base = load_recipe(recipe) if recipe is not None else None
     if base is None and data is None:
         raise typer.BadParameter("give DATA or --recipe FILE", param_hint="DATA")
@@ -372,7 +379,7 @@ def _resolve_recipe(flags: dict) -> Recipe:
     return base.with_overrides(**flags) if base is not None else Recipe.from_flags(**flags)
 
 
-def _augment_flags(variants, names, ratio, classes, mix, real_fraction, params) -> Optional[list]:
+def _augment_flags(variants, names, ratio, classes, mix, real_fraction, params, filter_=None) -> Optional[list]:
     """--augment a,b with the plan flags -> the recipe's ``augment`` list (None: keep the recipe's)."""
     import yaml
 
@@ -393,13 +400,18 @@ def _augment_flags(variants, names, ratio, classes, mix, real_fraction, params) 
         if not sep or not key.strip():
             raise typer.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="--augment-param")
         extra[key.strip()] = yaml.safe_load(value)
+    for pair in filter_ or []:
+        key, sep, value = pair.partition("=")
+        if not key.strip():
+            raise typer.BadParameter(f"expected KEY=VALUE or KEY, got {pair!r}", param_hint="--filter")
+        plan.setdefault("filter", {})[key.strip()] = yaml.safe_load(value) if sep else True
     if names:
         return [{"type": n, **plan, "params": dict(extra)} for n in _split_names([names])]
     if variants and (plan or extra):
-        return [{**v.model_dump(), **plan, "params": {**v.params, **extra}} for v in variants]
+        return [{**v.model_dump(exclude_none=True), **plan, "params": {**v.params, **extra}} for v in variants]
     if plan or extra:
-        raise typer.BadParameter("--ratio, --classes, --mix, --real-fraction and --augment-param need --augment "
-                                 "NAME (or a recipe with `augment:`)", param_hint="--augment")
+        raise typer.BadParameter("--ratio, --classes, --mix, --real-fraction, --augment-param and --filter need "
+                                 "--augment NAME (or a recipe with `augment:`)", param_hint="--augment")
     return None
 
 

@@ -169,7 +169,7 @@ def quality(recipe, *, progress: bool = True) -> list[dict]:
             items, synthetic = _augment_stage(recipe, dataset, store, spec, progress)
         with events.stage("embedding"):
             data = _embed_stage(items, synthetic, extractors, store, recipe, progress)
-        out.append(measure(data.items, data.kept, data.features, synthetic, dataset.classes,
+        out.append(measure(data.items, *data.measured(list(data.features)), synthetic, dataset.classes,
                            keys={n: k.to_dict() for n, k in extractors.keys.items()}, seed=recipe.seed))
     return out
 
@@ -194,6 +194,8 @@ def _preflight_stage(recipe, dataset: Dataset, store: Store, variants: Sequence)
 
         for spec in variants:  # a bad plan, a missing package or unreachable weights fail before any work
             preflight(train, dataset.classes, spec, generated_dir=store.generated_dir, seed=recipe.seed)
+            if spec.filter is not None and spec.filter.selective is not None:
+                _selective_extractor(spec.filter, extractors)
     store.ensure()
     _check_writable(store.root, store.runs_dir, store.embeddings_dir)
     if not recipe.storage:
@@ -302,11 +304,25 @@ class SearchData:
     synthetic_rows: object  # automl.search.SyntheticRows, or None
     synthetic: object  # automl.augment.generate.Synthetic, or None
     embedded: list[EmbedResult]
+    final_synthetic: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # the final model's
 
     def fit_rows(self) -> np.ndarray:
-        """The rows the final model is fitted on: all, or the synthetic ones alone (synthetic-only)."""
+        """The rows the final model is fitted on: all (the synthetic ones its filter keeps), or those
+        synthetic ones alone (synthetic-only)."""
         rows = self.synthetic_rows
-        return np.arange(len(self.y)) if rows is None or rows.train_real else np.array(rows.rows)
+        if rows is None:
+            return np.arange(len(self.y))
+        return np.union1d(self.real_rows() if rows.train_real else [], self.final_synthetic).astype(np.int64)
+
+    def real_rows(self) -> np.ndarray:
+        rows = self.synthetic_rows
+        return np.arange(len(self.y)) if rows is None else np.flatnonzero(~rows.mask(len(self.y)))
+
+    def measured(self, names: Sequence[str]) -> tuple[list[int], dict[str, np.ndarray]]:
+        """What ``automl.quality.measure`` compares: the real rows and the synthetic rows the final model
+        trains on (a filter's choice), as item indices and the ``names`` extractors' rows."""
+        rows = np.union1d(self.real_rows(), self.final_synthetic).astype(np.int64)
+        return [self.kept[r] for r in rows], {n: self.features[n][rows] for n in names}
 
     def n_synthetic(self) -> int:
         return 0 if self.synthetic_rows is None else len(self.synthetic_rows.rows)
@@ -326,10 +342,55 @@ def _embed_stage(train: list, synthetic, extractors: Extractors, store: Store, r
         n_real = len(synthetic.real)
         syn_rows = [row for row, i in enumerate(kept) if i >= n_real]
         sources = [synthetic.sources[kept[row] - n_real] for row in syn_rows]
+        select = _selective(synthetic, extractors, features, y, recipe.seed)
         rows = SyntheticRows(tuple(syn_rows), tuple(tuple(group_of[fp] for fp in fps if fp in group_of)
                                                     for fps in sources),
-                             train_real=synthetic.train_on_real)
+                             train_real=synthetic.train_on_real, select=select)
+        data = SearchData(train, kept, features, y, groups, rows, synthetic, list(embedded.values()),
+                          np.asarray(syn_rows, dtype=np.int64))
+        if select is not None:  # the final model's filter learns from every real training image
+            data.final_synthetic = select(data.real_rows(), syn_rows, None)
+            _record_selection(synthetic, [train[kept[r]] for r in data.final_synthetic])
+        return data
     return SearchData(train, kept, features, y, groups, rows, synthetic, list(embedded.values()))
+
+
+def _selective(synthetic, extractors: Extractors, features: dict, y: np.ndarray, seed: int):
+    """The plan's selective filter over the search's rows (``automl.augment.filters.Selective``), or None."""
+    f = synthetic.filter
+    if f is None or f.selective is None:
+        return None
+    from automl.augment.filters import Selective
+
+    name = _selective_extractor(f, extractors)
+    return Selective(f.selective, f.control, features[name], y, tuple(synthetic.planned), seed)
+
+
+def _selective_extractor(f, extractors: Extractors) -> str:
+    """The extractor whose features the selective filter sees: ``filter.extractor``, or the first."""
+    from automl.registry import canonical
+
+    if f.extractor is None:
+        return next(iter(extractors.specs))
+    for name in extractors.specs:
+        if canonical(name) == canonical(f.extractor):
+            return name
+    raise ConfigError(f"augment filter extractor {f.extractor!r} is not one of the recipe's extractors "
+                      f"({', '.join(extractors.specs)}); the selective filter reuses their embeddings. Fix: name "
+                      "one of them, or add it to the extractors.")
+
+
+def _record_selection(synthetic, kept: list) -> None:
+    """What the final model's filter kept (``kept``: its synthetic items), per class, in the
+    augmentation record."""
+    from automl.augment.generate import kept_indices
+
+    classes = list(synthetic.record["real_per_class"])
+    indices = kept_indices(kept, classes)
+    filtered = synthetic.record["filter"]
+    filtered["kept_per_class"] = {c: len(indices.get(c, [])) for c in synthetic.record["synthetic_per_class"]}
+    filtered["kept"] = indices
+    synthetic.record["synthetic_per_class"] = dict(filtered["kept_per_class"])
 
 
 def _search_stage(data: SearchData, extractors: Extractors, store: Store, recipe, notes: list[str], progress: bool):
@@ -402,7 +463,7 @@ def _run_record(recipe, dataset: Dataset, data: SearchData, study, storage: str,
         layout=dataset.layout, classes=dataset.classes, counts=dataset.counts(), split=dataset.split_note,
         metric=recipe.metric, cv=recipe.cv, seed=recipe.seed,
         augment=None if data.synthetic is None else data.synthetic.record, baseline_run=baseline_id,
-        train_images={"real": int(len(data.y) - data.n_synthetic()), "synthetic": data.n_synthetic(),
+        train_images={"real": int(len(data.y) - data.n_synthetic()), "synthetic": int(len(data.final_synthetic)),
                       "fitted_on": int(len(data.fit_rows()))},
         best=BestPipeline(candidate.describe(), candidate.extractor, candidate.head, candidate.params, best.value,
                           best.number, best.user_attrs.get("fold_scores")),
@@ -434,9 +495,10 @@ def _save_stage(record: RunRecord, recipe, dataset: Dataset, data: SearchData, h
         from automl.augment.generate import sample_grid
         from automl.quality import FIT_MAX_ROWS, measure
 
-        files["samples.png"] = lambda p: sample_grid(data.synthetic.items, dataset.classes, p)
+        trained = [data.items[data.kept[r]] for r in data.final_synthetic]  # what the filter kept, if any
+        files["samples.png"] = lambda p: sample_grid(trained, dataset.classes, p)
         chosen = candidate.extractor  # the run's extractor: FID from different extractors is not comparable
-        quality = measure(data.items, data.kept, {chosen: data.features[chosen]}, data.synthetic, dataset.classes,
+        quality = measure(data.items, *data.measured([chosen]), data.synthetic, dataset.classes,
                           keys={chosen: extractors.keys[chosen].to_dict()}, seed=recipe.seed, max_rows=FIT_MAX_ROWS)
         files["quality.json"] = lambda p: write_json(p, quality)
     return write_run(store.runs_dir, record.id, files)
@@ -474,6 +536,8 @@ def _fingerprint(items, kept: list[int], synthetic=None) -> str:
     h.update(b"folds:v5;")
     if synthetic is not None:
         h.update(f"mix:{synthetic.record['mix']};real:{len(synthetic.real)};".encode())
+        if synthetic.filter is not None and synthetic.filter.selective is not None:  # chooses per fold
+            h.update(f"filter:{synthetic.filter.model_dump_json()};".encode())
     for i in kept:
         h.update(f"{items[i].fingerprint}:{items[i].label};".encode())
     return h.hexdigest()

@@ -31,7 +31,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -80,7 +80,8 @@ def cv_splits(y: np.ndarray, cv: int, seed: int, groups: np.ndarray | None = Non
     rows it names are synthetic: folds are drawn over the real rows only, validation sides hold
     real rows only, and a synthetic row joins a fold's training side only when none of its source
     groups is on that fold's validation side (so no fold scores a near-copy of its own training
-    image); ``synthetic.train_real=False`` leaves the real rows out of every training side.
+    image); ``synthetic.train_real=False`` leaves the real rows out of every training side, and
+    ``synthetic.select`` chooses among a side's synthetic rows from its real training rows alone.
     """
     from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
@@ -98,9 +99,11 @@ def cv_splits(y: np.ndarray, cv: int, seed: int, groups: np.ndarray | None = Non
     if synthetic is None:
         return folds
     out = []
-    for tr, va in folds:
+    for i, (tr, va) in enumerate(folds):
         held_out = set(np.asarray(groups)[va].tolist()) if groups is not None else set(va.tolist())
         extra = [row for row, sources in zip(synthetic.rows, synthetic.sources) if not held_out & set(sources)]
+        if synthetic.select is not None:  # chosen by what the fold's real training rows teach, never its validation's
+            extra = synthetic.select(tr, extra, i)
         train_side = np.concatenate([tr if synthetic.train_real else tr[:0], np.asarray(extra, dtype=tr.dtype)])
         out.append((np.sort(train_side), va))
     return out
@@ -194,6 +197,9 @@ class SyntheticRows:
     rows: tuple[int, ...]
     sources: tuple[tuple, ...]  # per synthetic row: group ids (of ``groups``) of its source images
     train_real: bool = True  # False: "synthetic-only", training sides hold synthetic rows alone
+    # Which of a training side's synthetic rows it keeps, given its real rows (the selective filter,
+    # ``automl.augment.filters.Selective``): called as select(real rows, synthetic rows, fold index).
+    select: Optional[Callable] = None
 
     def mask(self, n: int) -> np.ndarray:
         out = np.zeros(n, bool)

@@ -18,6 +18,7 @@ import hashlib
 import io
 import json
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -47,6 +48,8 @@ class Synthetic:
     items: list[Item]  # synthetic images, split "synthetic"
     sources: list[tuple[str, ...]]  # per synthetic item: fingerprints of the real image(s) it was made from
     record: dict = field(default_factory=dict)  # what a run records about the augmentation
+    planned: tuple = ()  # per class index, the plan's count (a filter keeps at most that)
+    filter: object = None  # the plan's automl.augment.filters.FilterSpec, or None
 
     @property
     def train_on_real(self) -> bool:
@@ -71,6 +74,7 @@ def augment(train: Sequence[Item], classes: Sequence[str], spec: AugmentSpec, *,
                         f"{outside[0].split!r} (e.g. {outside[0].path}).")
     augmenter = augmenter or build_augmenter(spec.type, spec.params)
     real, counts = plan(train, classes, spec, seed)
+    planned, counts = counts, made_counts(spec, counts)
     sizes = np.bincount([it.label for it in real], minlength=len(classes)).tolist()
 
     out_dir = Path(generated_dir) / key_of(augmenter.name, augmenter.params, real, seed)
@@ -106,13 +110,16 @@ def augment(train: Sequence[Item], classes: Sequence[str], spec: AugmentSpec, *,
             augmenter.close()
     gen_seconds = time.perf_counter() - t0 - fit_seconds
 
-    items, sources = [], []
+    items, sources, records = [], [], []
     for c, n in counts.items():
         for k in range(n):
             rec = json.loads((out_dir / str(c) / f"{k:06d}.json").read_text())
             path = out_dir / str(c) / rec["file"]
             items.append(Item(str(path), c, "synthetic", rec["fingerprint"], rec["width"], rec["height"], "RGB"))
             sources.append(tuple(s["fingerprint"] for s in rec["sources"]))
+            records.append(rec)
+    _note_nearest_real(out_dir, real, items, sources, records)
+    items, sources, filtered = _filter(spec, items, sources, records, planned, classes)
     record = {
         "variant": spec.describe(),
         "augmenter": augmenter.name,
@@ -122,7 +129,8 @@ def augment(train: Sequence[Item], classes: Sequence[str], spec: AugmentSpec, *,
         "mix": spec.mix,
         "real_fraction": spec.real_fraction,
         "real_per_class": dict(zip(classes, sizes)),
-        "synthetic_per_class": {classes[c]: n for c, n in counts.items()},
+        "synthetic_per_class": {classes[c]: sum(it.label == c for it in items) for c in counts},
+        **({"filter": filtered} if filtered else {}),
         "generated": todo,
         "reused": sum(counts.values()) - todo,
         "fit_seconds": round(fit_seconds, 2),
@@ -131,7 +139,74 @@ def augment(train: Sequence[Item], classes: Sequence[str], spec: AugmentSpec, *,
         "generator_folder": str(work_dir),
         "seed": seed,
     }
-    return Synthetic(real, items, sources, record)
+    return Synthetic(real, items, sources, record, tuple(planned.get(c, 0) for c in range(len(classes))), spec.filter)
+
+
+def made_counts(spec: AugmentSpec, planned: dict[int, int]) -> dict[int, int]:
+    """Images to make per class: the plan's, or its ``filter.pool`` multiple for a filter to choose from."""
+    if spec.filter is None:
+        return dict(planned)
+    return {c: spec.filter.pool_size(n) for c, n in planned.items()}
+
+
+def _note_nearest_real(out_dir: Path, real: Sequence[Item], items: list[Item], sources: list[tuple],
+                       records: list[dict]) -> None:
+    """Write into each image's provenance record its nearest real training image in pixel space
+    other than its source(s) (``automl.quality.find_copies``) and whether it is a near-copy; once per
+    image (a re-run reads them back: the key pins the real images)."""
+    from automl.quality import PIXEL_COPY, find_copies
+
+    todo = [i for i, rec in enumerate(records) if "nearest_real" not in rec]
+    if not todo or not real:
+        return
+    found = find_copies(real, [items[i] for i in todo], [sources[i] for i in todo], {})
+    by_path = {it.path: it for it in real}
+    for i, copy in zip(todo, found):
+        near = copy["pixel"]
+        records[i]["nearest_real"] = None if near is None else {
+            "path": near["nearest"], "fingerprint": by_path[near["nearest"]].fingerprint,
+            "similarity": near["similarity"], "near_copy": bool(near["similarity"] >= PIXEL_COPY)}
+        write_json(Path(items[i].path).parent / f"{records[i]['index']:06d}.json", records[i], indent=1, default=str)
+
+
+def _filter(spec: AugmentSpec, items: list[Item], sources: list[tuple], records: list[dict],
+            planned: dict[int, int], classes: Sequence[str]) -> tuple[list[Item], list[tuple], dict]:
+    """The plan's filter, as far as it is the same for every fold: near-copies dropped, then (without
+    the selective filter, which chooses per fold: ``automl.augment.filters.Selective``) the first of
+    the rest up to the plan's count per class. Returns the items, their sources, and what to record."""
+    f = spec.filter
+    if f is None:
+        return items, sources, {}
+    copy = [bool((rec.get("nearest_real") or {}).get("near_copy")) for rec in records]
+    keep = [i for i in range(len(items)) if not (f.drop_copies and copy[i])]
+    if f.selective is None:
+        taken: Counter = Counter()
+        first = []
+        for i in keep:
+            taken[items[i].label] += 1
+            if taken[items[i].label] <= planned[items[i].label]:
+                first.append(i)
+        keep = first
+    made = Counter(it.label for it in items)
+    dropped = Counter(items[i].label for i in range(len(items)) if f.drop_copies and copy[i])
+    candidates = Counter(items[i].label for i in keep)
+    return [items[i] for i in keep], [sources[i] for i in keep], {
+        "spec": f.model_dump(), "variant": f.describe(),
+        "planned_per_class": {classes[c]: n for c, n in planned.items()},
+        "made_per_class": {classes[c]: made[c] for c in planned},
+        "near_copies_dropped": {classes[c]: dropped[c] for c in planned},
+        "candidates_per_class": {classes[c]: candidates[c] for c in planned},
+        "kept": kept_indices([items[i] for i in keep], classes),
+    }
+
+
+def kept_indices(items: Sequence[Item], classes: Sequence[str]) -> dict[str, list[int]]:
+    """Per class, the image numbers (``NNNNNN.png``) of the synthetic ``items``: which of a filtered
+    plan's images trained, for the report."""
+    out: dict[str, list[int]] = {}
+    for it in items:
+        out.setdefault(classes[it.label], []).append(int(Path(it.path).stem))
+    return {name: sorted(ks) for name, ks in out.items()}
 
 
 def plan(train: Sequence[Item], classes: Sequence[str], spec: AugmentSpec, seed: int) -> tuple[list[Item], dict[int, int]]:
@@ -151,7 +226,7 @@ def preflight(train: Sequence[Item], classes: Sequence[str], spec: AugmentSpec, 
     augmenter = build_augmenter(spec.type, spec.params)
     real, counts = plan(train, classes, spec, seed)
     out_dir = Path(generated_dir) / key_of(augmenter.name, augmenter.params, real, seed)
-    if any(_missing(out_dir, counts).values()):
+    if any(_missing(out_dir, made_counts(spec, counts)).values()):
         augmenter.preflight()
 
 

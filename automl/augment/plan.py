@@ -13,6 +13,8 @@ they can be tested exhaustively.
 - ``mix``: ``real+synthetic`` (default) trains on both; ``synthetic-only`` trains on synthetic
   images alone (every class then needs some) while validation folds and the test split stay real.
 - ``real_fraction``: keep a stratified, seeded share of the real training images (default 1.0).
+- ``filter``: which of the synthetic images train (near-copies dropped, the selective filter, its
+  random control; ``automl.augment.filters``).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from automl import seeds
+from automl.augment.filters import FilterSpec
 from automl.errors import ConfigError
 from automl.registry import canonical
 
@@ -48,6 +51,8 @@ class AugmentSpec(BaseModel):
     real_fraction: float = Field(1.0, gt=0, le=1, description=(
         "Stratified share of the real training images kept (0.3: the '30 % real' setting)."))
     params: dict[str, Any] = Field(default_factory=dict, description="The augmenter's own parameters.")
+    filter: Optional[FilterSpec] = Field(None, description=(
+        "Which synthetic images train: {drop_copies, selective, control, pool, extractor} (automl.augment.filters)."))
     label: Optional[str] = Field(None, min_length=1, description="Name shown in tables (default: from the rest).")
 
     @field_validator("type")
@@ -104,6 +109,8 @@ class AugmentSpec(BaseModel):
             parts.append(self.mix)
         if self.real_fraction < 1:
             parts.append(f"real {self.real_fraction:.0%}")
+        if self.filter is not None:
+            parts.append(self.filter.describe())
         return " ".join(parts)
 
 

@@ -222,6 +222,21 @@ def _nested_model(field: Optional[FieldInfo]) -> Optional[type[BaseModel]]:
     return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
 
 
+def _inner_field(loc: tuple, fields: Fields) -> Optional[FieldInfo]:
+    """The field ``loc`` names inside a nested model (``augment[0].filter.selective``: ``selective``),
+    or None for a top-level field and anything that is not a nested model's field."""
+    model_fields, field, depth = fields, None, 0
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if model_fields is None or part not in model_fields:
+            return None
+        field, depth = model_fields[part], depth + 1
+        model = _nested_model(field)
+        model_fields = model.model_fields if model is not None else None
+    return field if depth > 1 else None
+
+
 def explain(exc: ValidationError, fields: Fields, *, lines: dict[tuple, int] | None = None,
             flags: bool = False) -> list[str]:
     """One line per problem, in file order: where, the field path, what was expected, what was found, the fix.
@@ -257,6 +272,8 @@ def _explain_one(err: dict, loc: tuple, fields: Fields, flags: bool) -> str:
     found = _show(err.get("input"))
     if kind == "value_error":
         return f"{path}: {str(err['msg']).removeprefix('Value error, ')}."
+    if _inner_field(loc, fields) is not None:  # a key of a nested mapping (augment[0].filter.selective)
+        return f"{path}: {err['msg']}; found {found}. Fix: give {loc[-1]} such a value, or leave it out."
     if kind == "string_unicode":  # a str holding surrogate escapes: a path with a name that is not UTF-8
         return (f"{path}: found {found}, which holds bytes that are not UTF-8 (shown as \\udcNN); a recipe "
                 "value must be text. Fix: rename that file or folder with UTF-8 characters only.")

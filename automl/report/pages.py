@@ -25,7 +25,7 @@ from automl import __version__
 from automl._imports import require
 from automl.errors import StoreError
 from automl.evaluate import COMPARED, HEADLINE, metric_by_key, metric_by_name
-from automl.report.text import _diff_cell, _median_cell, dataset_summary
+from automl.report.text import _diff_cell, _median_cell, dataset_summary, filter_summary
 
 REPORT = "report.html"
 EXAMPLES_PER_CLASS = 4  # training images shown per class (fewer with many classes: EXAMPLES in all)
@@ -442,7 +442,8 @@ def _augmentation_section(ev, out_dir: Path) -> str:
     from automl.report.figures import thumbnail
 
     aug = ev.record.augment
-    rows = [(k.replace("_", " "), json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in aug.items()]
+    rows = [(k.replace("_", " "), filter_summary(aug) if k == "filter" else
+             json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in aug.items()]
     parts = [_kv(rows)]
     if ev.baseline is not None:
         parts.append(_side_by_side(ev.baseline, ev.record))

@@ -240,6 +240,7 @@ def side_by_side(baseline, augmented) -> str:
         f"augmentation {aug['variant']}: {_synthetic_counts(aug)} synthetic ({aug['generated']} generated now, "
         f"{aug['reused']} reused from {aug['folder']}); trained on {augmented.train_images['fitted_on']} images "
         f"({aug['mix']}, real fraction {aug['real_fraction']:g})",
+        *[line for line in [filter_summary(aug)] if line],
         f"test split ({augmented.test['n']} images), one seed ({augmented.seed}): for intervals and a "
         "significance test over seeds, run `automl compare` with --repeats",
         table(["metric", "original", "augmented", "difference"], rows),
@@ -288,12 +289,27 @@ def _augment_lines(record) -> list[str]:
     aug = record.augment
     if not aug:
         return []
-    return [f"augment {aug['variant']} ({aug['mix']}): {_synthetic_counts(aug)} synthetic images in "
-            f"{aug['folder']}; baseline run {record.baseline_run}"]
+    lines = [f"augment {aug['variant']} ({aug['mix']}): {_synthetic_counts(aug)} synthetic images in "
+             f"{aug['folder']}; baseline run {record.baseline_run}"]
+    return lines + [line for line in [filter_summary(aug)] if line]
 
 
 def _synthetic_counts(aug: dict) -> str:
     return ", ".join(f"{c} +{n}" for c, n in aug["synthetic_per_class"].items())
+
+
+def filter_summary(aug: dict) -> str | None:
+    """A filtered plan's counts in one line (made, near-copies dropped, kept per class), or None."""
+    f = aug.get("filter")
+    if not f:
+        return None
+
+    def per_class(counts: dict) -> str:
+        return ", ".join(f"{c} {n}" for c, n in counts.items())
+
+    kept = f.get("kept_per_class") or f["candidates_per_class"]
+    dropped = f" near-copies dropped: {per_class(f['near_copies_dropped'])};" if f["spec"]["drop_copies"] else ""
+    return f"filter {f['variant']}: made {per_class(f['made_per_class'])};{dropped} trained on {per_class(kept)}"
 
 
 # --- comparisons -----------------------------------------------------------------------------------
