@@ -568,6 +568,59 @@ def store_check(
         raise typer.Exit(1)
 
 
+review_app = typer.Typer(help="A blinded review: can an expert tell a run's synthetic images from its real ones?",
+                         no_args_is_help=True)
+app.add_typer(review_app, name="review")
+
+
+@review_app.command("make")
+def review_make(
+    run: Annotated[str, typer.Argument(
+        metavar="RUN", help="An augmented run's id in the store (or a unique prefix, or its folder in the store's "
+        "runs/).")],
+    per_class: Annotated[int, typer.Option(
+        "--per-class", min=1, help="Real and synthetic images per augmented class (fewer where the run has fewer).")],
+    seed: Annotated[int, typer.Option(help="Seed of which images are picked, their order and their ids.")] = 0,
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", "-o", help="Folder for sheet.html and answers.csv (default: ./review-<sheet id>).")] = None,
+    size: Annotated[int, typer.Option(
+        min=16, max=1024, help="Every image is shown at SIZE x SIZE pixels, real and synthetic alike.")] = 256,
+    store: StoreDir = None,
+) -> None:
+    """A blinded HTML sheet of shuffled real and synthetic images and a CSV to fill in; the key stays in the store."""
+    from automl.api import load_run
+    from automl.review import make
+
+    saved = load_run(run, store=store)
+    sheet = make(saved, saved.store, per_class=per_class, seed=seed, out=out, size=size)
+    counts = ", ".join(f"{c}: {n['real']} real + {n['synthetic']} synthetic" for c, n in sheet.counts.items())
+    typer.echo(f"wrote review sheet {sheet.id} of run {sheet.run}: {sheet.n} images ({counts})")
+    typer.echo(f"  {sheet.folder / 'sheet.html'}   the images, for the readers")
+    typer.echo(f"  {sheet.folder / 'answers.csv'}  one copy per reader: real or synthetic per id, saved as READER.csv")
+    typer.echo(f"key (keep it from the readers): {sheet.key}")
+    typer.echo("score the filled copies: automl review score alice.csv bob.csv ...")
+    for note in sheet.notes:
+        typer.echo(f"note: {note}", err=True)
+
+
+@review_app.command("score")
+def review_score(
+    answers: Annotated[List[Path], typer.Argument(
+        metavar="CSV", help="Filled answers CSVs of one sheet, one per reader (named by the file's stem, or its "
+        "reader column).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the numbers as one JSON object.")] = False,
+    allow_missing: Annotated[bool, typer.Option(
+        "--allow-missing", help="Score the answered images only; the unanswered are counted.")] = False,
+    store: StoreDir = None,
+) -> None:
+    """Each reader's accuracy, sensitivity, specificity (95 % Wilson intervals) and the readers' Cohen's kappa."""
+    from automl.review import score, score_text
+    from automl.store import Store
+
+    result = score(answers, Store(store), allow_missing=allow_missing)
+    typer.echo(json_text(result) if as_json else score_text(result))
+
+
 def _fit(recipe, progress: bool) -> None:
     from automl.api import fit as run_fit
     from automl.report import fit_text

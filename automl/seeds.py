@@ -38,6 +38,11 @@ Names are joined by ``:``, so ``derive(seed, "augment", 3, "order")`` is the str
 ``quality:<extractor>:<class>:bootstrap``, ``quality:<extractor>:<class>:kid``
                               synthetic-image quality (``automl.quality``): the resamples of its
                               intervals, and KID's subsets; ``<class>`` a class name or ``all``
+``filter:control:<fold>:<label>``
+                              the random control of the selective filter (``automl.augment.filters``):
+                              its draw for fold ``fold`` (``refit``: the final model) and class ``label``
+``review:<label>:real``, ``review:<label>:synthetic``, ``review:order``, ``review:ids``
+                              a blinded review sheet (``automl.review``): which images, their order, ids
 ============================  ==========================================================================
 
 Not derived: the ``split`` above; ``compare``'s repeat ``r``, which runs with seed ``seed + r`` (the

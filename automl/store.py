@@ -7,6 +7,7 @@ Layout (created lazily; see docs/store.md)::
       embeddings/<extractor-key>/ key.json + shard-*.npz   (automl.cache; unreadable shards: .damaged/)
       runs/<run-id>/              recipe, split, metrics, model bundle       (automl fit)
       comparisons/<id>/           comparison.json + table.txt                 (automl compare)
+      reviews/<sheet-id>/         key.json: which image of a sheet is real    (automl review make)
       optuna.db                   Optuna studies (SQLite)                     (automl fit)
       generated/<augmenter-key>/  synthetic images + provenance               (--augment)
       generators/<key>/           fine-tuned generators and adapters          (sd-*)
@@ -49,6 +50,10 @@ class Store:
     @property
     def comparisons_dir(self) -> Path:
         return self.root / "comparisons"
+
+    @property
+    def reviews_dir(self) -> Path:
+        return self.root / "reviews"
 
     @property
     def generated_dir(self) -> Path:
