@@ -280,15 +280,21 @@ def _election(recipe, dataset: Dataset, store: Store, storage: str, study, began
 
 def _augment_stage(recipe, dataset: Dataset, store: Store, spec, progress: bool):
     """The training split (val folded in: cross-validation replaces it), plus synthetic images for ``spec``.
-    Augmenters see the training split only; the test split is touched once, at the end."""
+    Augmenters see the training split only; the test split is touched once, at the end, but for one look
+    here: a synthetic image whose decoded pixels equal a test image's is refused, or left out with
+    ``skip_bad`` (``automl.augment.generate.refuse_test_copies``), whichever augmenter made it."""
     train = [it for it in dataset.items if it.split != "test"]
     if spec is None:
         return train, None
-    from automl.augment.generate import augment
+    from automl.augment import build_augmenter
+    from automl.augment.generate import augment, refuse_test_copies
 
     store.ensure()
+    augmenter = build_augmenter(spec.type, spec.params)
+    augmenter.skip_bad = recipe.skip_bad  # an augmenter that reads files of its own (folder) honours it
     synthetic = augment(train, dataset.classes, spec, generated_dir=store.generated_dir,
-                        generators_dir=store.generators_dir, seed=recipe.seed, progress=progress)
+                        generators_dir=store.generators_dir, seed=recipe.seed, progress=progress, augmenter=augmenter)
+    synthetic = refuse_test_copies(synthetic, dataset.split("test"), skip_bad=recipe.skip_bad, progress=progress)
     return synthetic.real + synthetic.items, synthetic
 
 

@@ -23,14 +23,14 @@ import numpy as np
 import pytest
 
 import fakes  # noqa: F401 - the framework's own test augmenters keep the contract too
-from automl.augment import AUGMENTERS, build_augmenter
+from automl.augment import AUGMENTERS, Augmenter, build_augmenter
 from automl.augment.generate import TRAIN_SPLITS, augment
 from automl.augment.plan import AugmentSpec
 from automl.augment.sd_common import SDAugmenter
 from automl.data import load_dataset
 from automl.errors import ConfigError, DataError
 from automl.registry import canonical
-from conftest import ROOT, class_folders
+from conftest import ROOT, class_folders, write_image
 from sd_fixture import TINY_PX
 
 _SD_TRAIN = {"resolution": TINY_PX, "steps": 2, "train_steps": 2, "num_class_images": 2, "prior_steps": 1}
@@ -43,6 +43,7 @@ SMALL = {
     "sd-lora": (_SD_TRAIN, TINY_PX),
     "sd-textual-inversion": ({"resolution": TINY_PX, "steps": 2, "train_steps": 2}, TINY_PX),
     "test-blobs": ({"size": 16}, 16),
+    "folder": ({}, 16),  # its images: the `synthetic_folder` below
 }
 # Fine-tuning a diffusion model, even a tiny one, costs seconds per step on a CPU.
 SLOW = {"sd-dreambooth", "sd-lora", "sd-textual-inversion"}
@@ -56,8 +57,19 @@ def data(tmp_path_factory):
     return load_dataset(class_folders(tmp_path_factory.mktemp("contract") / "data", {"a": 4, "b": 2}, size=(24, 24)))
 
 
+@pytest.fixture(scope="module")
+def synthetic_folder(tmp_path_factory) -> Path:
+    """Images made elsewhere, for the ``folder`` augmenter: more of class b than the plan takes."""
+    root = tmp_path_factory.mktemp("synthetic-folder")
+    for i in range(6):
+        write_image(root / "b" / f"syn_{i}.png", size=(16, 16), seed=500 + i)
+    return root
+
+
 def params_for(name: str, request) -> dict:
     params = dict(SMALL.get(name, ({}, None))[0])
+    if name == "folder":
+        params["path"] = str(request.getfixturevalue("synthetic_folder"))
     if issubclass(AUGMENTERS.get(name), SDAugmenter):
         params["model"] = str(request.getfixturevalue("tiny_sd"))
     return params
@@ -138,6 +150,9 @@ def test_count_size_label_and_provenance(made, data):
         assert (record["height"], record["width"]) == image.shape[:2] == (item.height, item.width)
         if cls.uses_sources:  # made from one training image of its own class, and says which
             assert len(sources) == 1 and sources[0] in real_b
+            assert [s["fingerprint"] for s in record["sources"]] == list(sources)
+        elif cls.provenance is not Augmenter.provenance:  # names its own sources: training images, any class
+            assert sources and set(sources) <= {it.fingerprint for it in data.items}
             assert [s["fingerprint"] for s in record["sources"]] == list(sources)
         else:
             assert sources == () and record["sources"] == []

@@ -23,6 +23,17 @@ Contract, kept by every augmenter so that caching and resumption are correct:
 - ``uses_sources = True``: each output is made from one training image (``sources[i]``, an
   ``automl.data.Item``); the framework picks it and records it as the output's source, and the
   search keeps the output on its source's side of every fold. Otherwise ``sources`` holds ``None``.
+- ``provenance(label, indices)``, optional: an augmenter that knows better than the framework which
+  training images each output came from (``folder``: a CSV, or the nearest real image) returns, per
+  index, a dict whose ``sources`` lists those ``Item``s (any number, of any class; training split
+  only); the framework records them, and the search keeps the output on their side of every fold,
+  as above. Its other keys (JSON values) go into the output's provenance record beside the
+  framework's own. Called after ``generate`` with the same label and indices; like ``generate``, it
+  must not depend on the batching. The default (None) leaves the sources to the framework.
+- ``skip_bad`` is set by the pipeline from the recipe (``--skip-bad``) before ``fit``: an augmenter
+  that reads files of its own leaves the unusable ones out, naming them, instead of refusing them.
+  It is no part of the cache key, so it must not change the images when every file is usable (and
+  when one is not, refusing makes none).
 - Heavy packages (torch, diffusers) are imported inside methods; ``requires`` names them so a
   missing one fails before any work with the install command.
 
@@ -52,6 +63,7 @@ class Augmenter:
     requires: ClassVar[tuple[str, ...]] = ()
     # Short text for `automl augmenters` and error messages.
     summary: ClassVar[str] = ""
+    skip_bad: bool = False  # the recipe's skip_bad (set by the pipeline): leave unusable input files out
 
     def __init__(self, **params: Any):
         unknown = sorted(set(params) - set(self.defaults))
@@ -81,6 +93,11 @@ class Augmenter:
     def generate(self, label: int, indices: Sequence[int], sources: Sequence, seed: int) -> list[np.ndarray]:
         """One uint8 RGB image per index of class ``label`` (see the module docstring)."""
         raise NotImplementedError
+
+    def provenance(self, label: int, indices: Sequence[int]) -> list[dict] | None:
+        """Optional: per index, ``{"sources": [training Items], ...more to record}`` (see the module
+        docstring); None leaves the sources to the framework."""
+        return None
 
     def close(self) -> None:
         """Release what ``fit`` holds in memory (models, GPU cache)."""

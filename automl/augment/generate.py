@@ -19,7 +19,8 @@ import io
 import json
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -30,7 +31,7 @@ from automl import seeds
 from automl._files import atomic_write, write_json
 from automl.augment.base import Augmenter, build_augmenter
 from automl.augment.plan import AugmentSpec, plan_counts, reduce_real
-from automl.data import Item, fingerprint_bytes
+from automl.data import Item, fingerprint_array, fingerprint_bytes
 from automl.errors import DataError
 
 CHUNK = 8  # images per generate() call: the most a killed run loses per class
@@ -102,8 +103,8 @@ def augment(train: Sequence[Item], classes: Sequence[str], spec: AugmentSpec, *,
                     if len(images) != len(chunk):
                         raise RuntimeError(f"augmenter {augmenter.name} returned {len(images)} images for "
                                            f"{len(chunk)} indices")
-                    for k, image, source in zip(chunk, images, sources):
-                        _save(out_dir / str(c), k, image, classes[c], c, augmenter, seed, source)
+                    for k, image, made in zip(chunk, images, _provenance(augmenter, c, chunk, sources)):
+                        _save(out_dir / str(c), k, image, classes[c], c, augmenter, seed, made)
                         bar.update(1)
         finally:
             bar.close()
@@ -253,8 +254,26 @@ def _write_key(out_dir: Path, augmenter: Augmenter, real: Sequence[Item], seed: 
     }, sort_keys=True, default=str)
 
 
+def _provenance(augmenter: Augmenter, label: int, indices: Sequence[int], sources: Sequence) -> list[dict]:
+    """Per index, ``{"sources": [Item, ...], ...}``: the augmenter's own (``Augmenter.provenance``), or
+    the source the framework handed it (none when it takes none)."""
+    own = augmenter.provenance(label, indices)
+    if own is None:
+        return [{"sources": [] if source is None else [source]} for source in sources]
+    if len(own) != len(indices) or not all(isinstance(p, dict) and "sources" in p for p in own):
+        raise RuntimeError(f"augmenter {augmenter.name}'s provenance gave {len(own)} entries for {len(indices)} "
+                           "indices; expected one dict with 'sources' per index")
+    outside = [it for p in own for it in p["sources"] if it.split not in TRAIN_SPLITS]
+    if outside:
+        raise RuntimeError(f"augmenter {augmenter.name} named {outside[0].path} (split {outside[0].split!r}) as a "
+                           "source; sources are training images only")
+    return own
+
+
 def _save(folder: Path, k: int, image: np.ndarray, class_name: str, label: int, augmenter: Augmenter, seed: int,
-          source: Item | None) -> None:
+          made: dict) -> None:
+    """Image ``k`` as a PNG, then its record; ``made``: its sources (training Items) and whatever else
+    the augmenter's ``provenance`` adds to the record."""
     from PIL import Image
 
     image = np.asarray(image)
@@ -265,14 +284,19 @@ def _save(folder: Path, k: int, image: np.ndarray, class_name: str, label: int, 
     Image.fromarray(image).save(buffer, format="PNG")
     data = buffer.getvalue()
     name = f"{k:06d}.png"
-    atomic_write(folder / name, lambda f: f.write(data))
     record = {
         "file": name, "index": k, "class": class_name, "label": label, "augmenter": augmenter.name,
         "params": augmenter.params, "seed": seed, "fingerprint": fingerprint_bytes(data),
         "width": int(image.shape[1]), "height": int(image.shape[0]),
-        "sources": [] if source is None else [{"path": source.path, "fingerprint": source.fingerprint}],
+        "sources": [{"path": source.path, "fingerprint": source.fingerprint} for source in made["sources"]],
     }
-    write_json(folder / f"{k:06d}.json", record, indent=1, default=str)
+    extra = {key: value for key, value in made.items() if key != "sources"}
+    clash = sorted(set(extra) & set(record))
+    if clash:
+        raise RuntimeError(f"augmenter {augmenter.name}'s provenance sets {', '.join(clash)}, which the framework "
+                           "records itself")
+    atomic_write(folder / name, lambda f: f.write(data))
+    write_json(folder / f"{k:06d}.json", {**record, **extra}, indent=1, default=str)
 
 
 def sample_grid(items: Sequence[Item], classes: Sequence[str], path: Path, per_class: int = 8, size: int = 64) -> None:
@@ -294,3 +318,77 @@ def sample_grid(items: Sequence[Item], classes: Sequence[str], path: Path, per_c
     grid.save(buffer, format="PNG")
     atomic_write(path, lambda f: f.write(buffer.getvalue()))
 
+
+_PIXELS: dict[str, str] = {}  # file fingerprint -> decoded-pixel digest (refuse_test_copies)
+_MEMO_LIMIT = 200_000
+
+
+# --- synthetic copies of test images (the pipeline's check, on every augmenter's output) ----------------
+
+
+def pixel_digest(item) -> str:
+    """A digest of an item's decoded pixels (full size, RGB), so a PNG re-encode of a JPEG matches it."""
+    digest = _PIXELS.get(item.fingerprint)
+    if digest is None:
+        if len(_PIXELS) > _MEMO_LIMIT:
+            _PIXELS.clear()
+        digest = _PIXELS[item.fingerprint] = fingerprint_array(item.load(None))
+    return digest
+
+
+def find_test_copies(synthetic: Sequence[Item], test: Sequence[Item]) -> list[tuple[int, Item]]:
+    """(position in ``synthetic``, test item) for each synthetic image whose decoded pixels equal a test
+    image's. Only images of a size the other side has are decoded (either orientation: EXIF may turn a
+    test image), and each image's digest is kept for the process, so a fit decodes the test split once."""
+    def sizes(items) -> set:
+        return {(it.width, it.height) for it in items} | {(it.height, it.width) for it in items}
+
+    synthetic_sizes = sizes(synthetic)
+    test = [it for it in test if (it.width, it.height) in synthetic_sizes]
+    test_sizes = sizes(test)
+    rows = [i for i, it in enumerate(synthetic) if (it.width, it.height) in test_sizes]
+    if not rows:
+        return []
+    with ThreadPoolExecutor(max_workers=min(8, len(test) + len(rows))) as pool:  # Pillow decodes outside the GIL
+        by_digest = {}
+        for it, digest in zip(test, pool.map(pixel_digest, test)):
+            by_digest.setdefault(digest, it)
+        digests = list(pool.map(pixel_digest, [synthetic[i] for i in rows]))
+    return [(i, by_digest[d]) for i, d in zip(rows, digests) if d in by_digest]
+
+
+def refuse_test_copies(synthetic, test: Sequence[Item], *, skip_bad: bool, progress: bool = True):
+    """``synthetic`` (an ``automl.augment.generate.Synthetic``) without copies of test images: refused
+    with the list, or with ``skip_bad`` left out (said, and recorded as ``test_copies_left_out``)."""
+    copies = find_test_copies(synthetic.items, test)
+    if not copies:
+        return synthetic
+    shown = "\n".join(f"  {_origin(synthetic.items[i])} = test image {t.path}" for i, t in copies[:10])
+    more = f"\n  ... and {len(copies) - 10} more" if len(copies) > 10 else ""
+    if not skip_bad:
+        raise DataError(f"{len(copies)} synthetic image(s) are copies of test images (identical decoded pixels): "
+                        f"training on them would score the test split on images the model has seen.\n{shown}{more}\n"
+                        "Fix: remove them from what the augmenter reads (for `folder`, its folder), or pass "
+                        "--skip-bad to leave them out (they are listed).")
+    events.note(f"left out {len(copies)} synthetic image(s) identical to test images (--skip-bad):\n{shown}{more}",
+                echo=progress)
+    drop = {i for i, _ in copies}
+    keep = [i for i in range(len(synthetic.items)) if i not in drop]
+    items = [synthetic.items[i] for i in keep]
+    record = dict(synthetic.record)
+    counts, names = Counter(it.label for it in items), list(record.get("real_per_class") or [])
+    if "synthetic_per_class" in record:
+        record["synthetic_per_class"] = {name: counts[names.index(name)] if name in names else n
+                                         for name, n in record["synthetic_per_class"].items()}
+    record["test_copies_left_out"] = [_origin(synthetic.items[i]) for i, _ in copies]
+    if "filter" in record:
+        record["filter"] = {**record["filter"], "kept": kept_indices(items, names)}
+    return replace(synthetic, items=items, sources=[synthetic.sources[i] for i in keep], record=record)
+
+
+def _origin(item: Item) -> str:
+    """Where a synthetic image came from, for the user: its ``origin`` (``folder``'s file) or its path."""
+    try:
+        return json.loads(Path(item.path).with_suffix(".json").read_text()).get("origin") or item.path
+    except (OSError, ValueError):
+        return item.path
