@@ -3,12 +3,14 @@ fine-tuning and generation run on a CPU in seconds (the diffusers test suite's g
 idea): the same component classes, the real CLIP tokenizer and the real scheduler config.
 
 Import the ``tiny_sd`` fixture into a test module (``from tests.sd_fixture import tiny_sd``) or
-call ``build_tiny_sd(folder)`` (the benchmark's --tiny mode does).
+call ``build_tiny_sd(folder)`` (the benchmark's --tiny mode does). ``sd-variations`` needs an
+image-variation model instead: ``tiny_sd_variations(tmp_path_factory)``, built once per session.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 CONFIG = Path(__file__).resolve().parents[2] / "shared" / "models" / "sd15-config"
@@ -78,4 +80,59 @@ def build_tiny_sdxl(folder: Path, config: Path = CONFIG, seed: int = 0) -> Path:
         text_encoder=CLIPTextModel(text_cfg), text_encoder_2=CLIPTextModelWithProjection(text_cfg),
         scheduler=EulerDiscreteScheduler.from_pretrained(config / "scheduler"))
     pipe.save_pretrained(folder)
+    return folder
+
+
+def build_tiny_sd_variations(folder: Path, config: Path = CONFIG, seed: int = 0) -> Path:
+    """The image-variation layout (``StableDiffusionImageVariationPipeline``: a CLIP image encoder in
+    place of the text encoder, its projected embedding the UNet's cross-attention input) at the same
+    tiny scale; the UNet and VAE shapes are build_tiny_sd's, the image encoder follows diffusers' own
+    image-variation test components, the feature extractor the shared SD 1.5 one at TINY_PX."""
+    import torch
+    from diffusers import (AutoencoderKL, PNDMScheduler, StableDiffusionImageVariationPipeline,
+                           UNet2DConditionModel)
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    unet_cfg = json.loads((config / "unet" / "config.json").read_text())
+    vae_cfg = json.loads((config / "vae" / "config.json").read_text())
+    processor_cfg = json.loads((config / "feature_extractor" / "preprocessor_config.json").read_text())
+    embed_dim = 32
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=TINY_PX // 2, in_channels=unet_cfg["in_channels"], out_channels=unet_cfg["out_channels"],
+        block_out_channels=(32, 64), layers_per_block=1, attention_head_dim=8, norm_num_groups=32,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=embed_dim, act_fn=unet_cfg["act_fn"], flip_sin_to_cos=unet_cfg["flip_sin_to_cos"],
+        freq_shift=unet_cfg["freq_shift"])
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKL(
+        block_out_channels=(32, 64), in_channels=3, out_channels=3, latent_channels=vae_cfg["latent_channels"],
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        layers_per_block=1, norm_num_groups=32, sample_size=TINY_PX)
+    torch.manual_seed(seed + 2)
+    image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(
+        hidden_size=32, projection_dim=embed_dim, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+        image_size=TINY_PX, patch_size=4, layer_norm_eps=1e-5))
+    feature_extractor = CLIPImageProcessor(
+        size={"shortest_edge": TINY_PX}, crop_size={"height": TINY_PX, "width": TINY_PX},
+        image_mean=processor_cfg["image_mean"], image_std=processor_cfg["image_std"],
+        resample=processor_cfg["resample"])
+    pipe = StableDiffusionImageVariationPipeline(
+        vae=vae, image_encoder=image_encoder, unet=unet, scheduler=PNDMScheduler.from_pretrained(config / "scheduler"),
+        safety_checker=None, feature_extractor=feature_extractor, requires_safety_checker=False)
+    pipe.save_pretrained(folder)
+    return folder
+
+
+def tiny_sd_variations(tmp_path_factory) -> Path:
+    """The tiny image-variation folder of this test session (pytest's ``tmp_path_factory``), built on
+    first use and reused after, whichever test module asks first."""
+    folder = tmp_path_factory.getbasetemp() / "tiny-sd-variations"
+    if not (folder / "model_index.json").is_file():
+        if not (CONFIG / "unet" / "config.json").is_file():
+            raise FileNotFoundError(f"the SD 1.5 configs are missing ({CONFIG}); the Stable Diffusion tests build "
+                                    "their tiny model from them")
+        partial = folder.with_name(folder.name + ".partial")  # a failed build is never taken for a model
+        shutil.rmtree(partial, ignore_errors=True)
+        build_tiny_sd_variations(partial).rename(folder)
     return folder

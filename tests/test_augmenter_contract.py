@@ -31,7 +31,7 @@ from automl.data import load_dataset
 from automl.errors import ConfigError, DataError
 from automl.registry import canonical
 from conftest import ROOT, class_folders, write_image
-from sd_fixture import TINY_PX
+from sd_fixture import TINY_PX, tiny_sd_variations
 
 _SD_TRAIN = {"resolution": TINY_PX, "steps": 2, "train_steps": 2, "num_class_images": 2, "prior_steps": 1}
 # name -> (fastest valid parameters, the side of the square images they give; None: the source's size)
@@ -42,6 +42,7 @@ SMALL = {
     "sd-dreambooth": (_SD_TRAIN, TINY_PX),
     "sd-lora": (_SD_TRAIN, TINY_PX),
     "sd-textual-inversion": ({"resolution": TINY_PX, "steps": 2, "train_steps": 2}, TINY_PX),
+    "sd-variations": ({"resolution": TINY_PX, "steps": 2}, TINY_PX),  # on its own tiny model, below
     "test-blobs": ({"size": 16}, 16),
     "folder": ({}, 16),  # its images: the `synthetic_folder` below
 }
@@ -70,7 +71,9 @@ def params_for(name: str, request) -> dict:
     params = dict(SMALL.get(name, ({}, None))[0])
     if name == "folder":
         params["path"] = str(request.getfixturevalue("synthetic_folder"))
-    if issubclass(AUGMENTERS.get(name), SDAugmenter):
+    if name == "sd-variations":  # an image-variation model: an image encoder in place of the text encoder
+        params["model"] = str(tiny_sd_variations(request.getfixturevalue("tmp_path_factory")))
+    elif issubclass(AUGMENTERS.get(name), SDAugmenter):
         params["model"] = str(request.getfixturevalue("tiny_sd"))
     return params
 

@@ -71,12 +71,12 @@ TRAINING_CONSTRAINTS = {
 }
 
 
-def check_common(name: str, p: dict) -> None:
-    """What ``COMMON_CONSTRAINTS`` cannot say."""
+def check_common(name: str, p: dict, default: str = DEFAULT_MODEL) -> None:
+    """What ``COMMON_CONSTRAINTS`` cannot say; ``default``: the augmenter's default model."""
     owner = f"augmenter {name!r}"
     if not p["model"].strip():
         raise param_error(owner, "model", "a Hugging Face Hub id or a local diffusers folder", p["model"],
-                          f"The default is {DEFAULT_MODEL!r}.")
+                          f"The default is {default!r}.")
     device = p["device"]
     if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):
         raise param_error(owner, "device", "auto, cpu, cuda or cuda:N", device)
@@ -112,20 +112,22 @@ def class_noun(class_name: str) -> str:
 # ---------------------------------------------------------------- base model
 
 
-def resolve_model(model: str) -> Path:
-    """The local folder holding ``model`` (a diffusers folder, or a Hub id's cached snapshot)."""
+def resolve_model(model: str, default: str = DEFAULT_MODEL) -> Path:
+    """The local folder holding ``model`` (a diffusers folder, or a Hub id's cached snapshot);
+    ``default``: the Hub id an error suggests."""
     path = Path(model).expanduser()
     if path.exists():
         if not (path / "model_index.json").is_file():
             raise WeightsUnavailableError(
                 f"Stable Diffusion model folder {str(path)!r} has no model_index.json; expected a diffusers "
-                "folder (as written by pipeline.save_pretrained, with unet/, vae/, text_encoder/, tokenizer/, "
-                "scheduler/).")
+                "folder as pipeline.save_pretrained writes it: model_index.json beside unet/, vae/, scheduler/ and "
+                "the conditioning's folders (text_encoder/ and tokenizer/; for image variations image_encoder/ and "
+                "feature_extractor/).")
         return path
     if model.startswith(("/", ".", "~")) or "\\" in model or model.count("/") > 1:
         raise WeightsUnavailableError(
             f"Stable Diffusion model folder {model!r} does not exist. Fix: give an existing local diffusers "
-            f"folder, or a Hugging Face Hub id such as {DEFAULT_MODEL!r}.")
+            f"folder, or a Hugging Face Hub id such as {default!r}.")
     from diffusers import DiffusionPipeline
     from huggingface_hub import constants
 
@@ -157,7 +159,7 @@ def is_sdxl(folder: Path) -> bool:
 
 
 def load_pipeline(folder: Path, kind: str, device: str, dtype, **overrides) -> Any:
-    """A diffusers pipeline of ``kind`` (text2img / img2img) for the base model in ``folder``;
+    """A diffusers pipeline of ``kind`` (text2img / img2img / variation) for the base model in ``folder``;
     ``overrides`` replace components (a fine-tuned UNet) instead of loading them."""
     import diffusers
 
@@ -165,7 +167,8 @@ def load_pipeline(folder: Path, kind: str, device: str, dtype, **overrides) -> A
     cls = {("text2img", False): diffusers.StableDiffusionPipeline,
            ("img2img", False): diffusers.StableDiffusionImg2ImgPipeline,
            ("text2img", True): diffusers.StableDiffusionXLPipeline,
-           ("img2img", True): diffusers.StableDiffusionXLImg2ImgPipeline}[kind, xl]
+           ("img2img", True): diffusers.StableDiffusionXLImg2ImgPipeline,
+           ("variation", False): diffusers.StableDiffusionImageVariationPipeline}[kind, xl]
     extra = {} if xl else {"safety_checker": None, "requires_safety_checker": False}
     with quiet_loading():
         pipe = cls.from_pretrained(folder, torch_dtype=dtype, **extra, **overrides)
@@ -202,11 +205,11 @@ class SDAugmenter(Augmenter):
     the start of ``fit`` (the class names, the base model's folder, the device)."""
 
     def preflight(self) -> None:
-        resolve_model(self.params["model"])
+        resolve_model(self.params["model"], self.defaults["model"])
 
     def start_fit(self, classes) -> None:
         self.classes_ = list(classes)
-        self.folder_ = resolve_model(self.params["model"])
+        self.folder_ = resolve_model(self.params["model"], self.defaults["model"])
         self.device_ = pick_device(self.params["device"])
 
 
@@ -280,37 +283,43 @@ def release() -> None:
 # ---------------------------------------------------------------- seeds and generation
 
 
-def run_pipeline(pipe, prompts: Sequence[str], seeds: Sequence[int], *, batch_size: int,
-                 images: Sequence[np.ndarray] | None = None, negative_prompt: str = "", timer: Callable | None = None,
+def run_pipeline(pipe, prompts: Sequence[str] | None, seeds: Sequence[int], *, batch_size: int,
+                 images: Sequence | None = None, negative_prompt: str = "", timer: Callable | None = None,
                  **kwargs) -> list[np.ndarray]:
     """Call ``pipe`` in batches with one CPU generator per image (the same image whatever the batching
-    and device); returns uint8 RGB arrays."""
+    and device); returns uint8 RGB arrays. ``prompts`` None: a pipeline conditioned on ``images`` alone
+    (called without a prompt). ``images``: uint8 arrays (handed over as PIL images), or tensors the
+    caller preprocessed itself (handed over stacked, past the pipeline's own preprocessing)."""
     import torch
     from PIL import Image
 
     out: list[np.ndarray] = []
-    for start in range(0, len(prompts), batch_size):
+    for start in range(0, len(seeds), batch_size):
         events.checkpoint()  # a batch can take minutes on a CPU: a listener may cancel between them
-        stop = min(start + batch_size, len(prompts))
+        stop = min(start + batch_size, len(seeds))
         t0 = time.perf_counter()
         call = dict(kwargs)
         if images is not None:
-            call["image"] = [Image.fromarray(im) for im in images[start:stop]]
+            batch = list(images[start:stop])
+            call["image"] = (torch.stack(batch) if isinstance(batch[0], torch.Tensor)
+                             else [Image.fromarray(im) for im in batch])
+        if prompts is not None:
+            call["prompt"] = list(prompts[start:stop])
         if negative_prompt:
             call["negative_prompt"] = [negative_prompt] * (stop - start)
-        result = pipe(prompt=list(prompts[start:stop]),
-                      generator=[torch.Generator("cpu").manual_seed(s) for s in seeds[start:stop]],
+        result = pipe(generator=[torch.Generator("cpu").manual_seed(s) for s in seeds[start:stop]],
                       output_type="np", **call)
         out.extend(to_uint8(x) for x in result.images)
         if timer is not None:
-            timer((time.perf_counter() - t0) / (stop - start), len(prompts) - stop)
+            timer((time.perf_counter() - t0) / (stop - start), len(seeds) - stop)
     return out
 
 
-def generate_images(augmenter, pipe, prompt: str, label: int, indices: Sequence[int], seed: int,
+def generate_images(augmenter, pipe, prompt: str | None, label: int, indices: Sequence[int], seed: int,
                     **kwargs) -> list[np.ndarray]:
     """One image per index with the augmenter's generation parameters (seeded per index); the first
-    image on the CPU prints a measured estimate."""
+    image on the CPU prints a measured estimate. ``prompt`` None: an image-conditioned pipeline, which
+    takes no prompt (nor a negative one)."""
     p = augmenter.params
 
     def timer(per_image: float, remaining: int) -> None:
@@ -318,8 +327,9 @@ def generate_images(augmenter, pipe, prompt: str, label: int, indices: Sequence[
             augmenter.estimated_ = True
             estimate(augmenter.device_, augmenter.name, per_image, remaining, "image")
 
-    return run_pipeline(pipe, [prompt] * len(indices), [image_seed(seed, label, k, "generate") for k in indices],
-                        batch_size=p["batch_size"], negative_prompt=p["negative_prompt"],
+    return run_pipeline(pipe, None if prompt is None else [prompt] * len(indices),
+                        [image_seed(seed, label, k, "generate") for k in indices],
+                        batch_size=p["batch_size"], negative_prompt=p.get("negative_prompt", ""),
                         num_inference_steps=p["steps"], guidance_scale=p["guidance_scale"], timer=timer, **kwargs)
 
 
