@@ -164,7 +164,9 @@ def pretrain(
         help=DATA_HELP + " Its train (and val) split is trained on; never its test split.")],
     extractor: Annotated[str, typer.Option(
         "--extractor", help="The Keras backbone to train (built in).")] = "inception-v3",
-    weights: Annotated[str, typer.Option(help="Starting weights: " + WEIGHTS_HELP)] = "imagenet",
+    weights: Annotated[str, typer.Option(
+        help="Starting weights: " + WEIGHTS_HELP + " Or a pretrained extractor NAME in the store (or its .keras "
+        "file), to continue its training: real, then fine-tuned on synthetic.")] = "imagenet",
     image_size: ImageSize = DEFAULT_IMAGE_SIZE,
     epochs: Annotated[int, typer.Option(
         help="Most epochs to train; early stopping on validation loss may stop sooner.")] = 10,
@@ -172,7 +174,8 @@ def pretrain(
     freeze_until: Annotated[Optional[str], typer.Option(
         help="Freeze the backbone's layers up to and including this one (e.g. mixed7 for inception-v3).")] = None,
     name: Annotated[Optional[str], typer.Option(
-        help="Saved as store/extractors/NAME.keras (default: EXTRACTOR-DATA).")] = None,
+        help="Saved as store/extractors/NAME.keras (default: EXTRACTOR-DATA; with --augment, "
+        "EXTRACTOR-DATA-AUGMENTER).")] = None,
     exclude: Annotated[Optional[List[Path]], typer.Option(
         "--exclude", help="A dataset whose test split must not be trained on (matching images are dropped); "
         "repeatable.")] = None,
@@ -190,18 +193,31 @@ def pretrain(
     seed: Annotated[int, typer.Option(
         help="Seed of the validation split, the weights, augmentation and shuffling.")] = 0,
     skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Leave out undecodable files.")] = False,
+    augment: Augment = None,
+    ratio: Ratio = None,
+    classes: Classes = None,
+    mix: Mix = None,
+    real_fraction: RealFraction = None,
+    augment_param: AugmentParam = None,
+    augment_filter: AugmentFilter = None,
     progress: Progress = True,
 ) -> None:
-    """Train a backbone with a temporary head on DATA and save it as an extractor: --extractors NAME."""
+    """Train a backbone with a temporary head on DATA and save it as an extractor: --extractors NAME.
+    With --augment, on real + synthetic images of DATA's training split (or synthetic only: --mix)."""
+    from automl.pretrain import describe_synthetic
     from automl.pretrain import pretrain as run_pretrain
     from automl.report import pretrain_text
 
+    plans = _augment_flags(None, augment, ratio, classes, mix, real_fraction, augment_param, augment_filter)
+    if plans is not None and len(plans) > 1:
+        raise typer.BadParameter(f"pretrain takes one augmenter; got {len(plans)} ({augment}). Pretrain once per "
+                                 "augmenter, each with its own --name.", param_hint="--augment")
     result = run_pretrain(
         data, extractor=extractor, weights=weights, image_size=image_size, epochs=epochs, patience=patience,
-        freeze_until=freeze_until, name=name, exclude=exclude or (), exclude_mode=exclude_mode, overwrite=overwrite,
-        batch_size=batch_size, learning_rate=learning_rate, val_fraction=val_fraction, store=store, seed=seed,
-        skip_bad=skip_bad, progress=progress, log=typer.echo)
-    typer.echo(pretrain_text(result, store))
+        freeze_until=freeze_until, name=name, exclude=exclude or (), exclude_mode=exclude_mode,
+        augment=plans[0] if plans else None, overwrite=overwrite, batch_size=batch_size, learning_rate=learning_rate,
+        val_fraction=val_fraction, store=store, seed=seed, skip_bad=skip_bad, progress=progress, log=typer.echo)
+    typer.echo("\n".join([pretrain_text(result, store), *describe_synthetic(result.record)]))
 
 
 @app.command()

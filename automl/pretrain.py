@@ -20,9 +20,34 @@ out a seeded fraction that depends on its flags. Images match by content fingerp
 bytes, or identical pixel arrays for ``.npz``) and by a hash of the decoded pixels, so the same image
 stored losslessly in another format (a PNG and an ``.npz`` row) matches too; a re-encoded JPEG does not.
 
+Synthetic pretraining (``augment=``, ``--augment NAME`` with the plan flags of ``fit``): the
+augmenter makes (or reuses, from the same ``store/generated/`` cache as ``fit``) synthetic images of
+the training images, and pretraining trains on real + synthetic or, with ``mix: synthetic-only``, on
+synthetic images alone. Validation stays real, and no synthetic image made from a validation image
+trains: the validation split is drawn *first* and the augmenter is handed the remaining training
+images only. That is the one order that also holds for generators fitted on a whole class (DCGAN,
+DreamBooth), whose images record no source: filtering by recorded source afterwards would still
+leave images of a generator that learnt from the validation images. Belt and braces, a synthetic
+image is left out (and counted) when a recorded source has a validation image's fingerprint (the
+same file in train and val) or its pixels equal a validation image's, or when it matches an
+``--exclude`` test set (refused with ``exclude_mode="refuse"``); one equal to a test image of DATA is
+refused, or left out with ``skip_bad`` (``refuse_test_copies``, as ``fit``). The key of the generated
+set therefore hashes the pretraining's training images, not ``fit``'s (train + val): a re-run of
+the same pretraining reuses its images; ``fit`` on DATA makes its own. The selective filter, which
+chooses per cross-validation fold with embedded real images, has no place here and is refused.
+
+"Real, then fine-tuned on synthetic" is two commands: ``--weights NAME`` starts from a pretrained
+extractor of the store (or a ``.keras`` file ``pretrain`` saved) instead of ImageNet, random or a
+weights file, so the second ``pretrain --augment X --mix synthetic-only --weights REAL`` continues the
+first. Each stage keeps its own record, checkpoint, early stopping and validation; the second's
+record names the first (``started_from``, with the synthetic set the first saw, if any). On the
+same DATA the two must hold out the same validation images (the same ``--seed``, ``--val-fraction``
+and ``--exclude``), else the second would validate on images the first trained on: that is refused.
+
 Output: ``store/extractors/NAME.keras`` and ``NAME.json`` (data fingerprint, settings, the test sets it
-was checked against, metrics per epoch), written atomically; ``--extractors NAME`` then resolves to it
-(``automl.extractors.resolve``). Keras and TensorFlow are imported only when training starts.
+was checked against, the synthetic set it saw, metrics per epoch), written atomically; ``--extractors
+NAME`` then resolves to it (``automl.extractors.resolve``). Keras and TensorFlow are imported only when
+training starts.
 """
 
 from __future__ import annotations
@@ -35,9 +60,9 @@ import re
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
@@ -45,13 +70,18 @@ from automl import progress as events
 from automl import seeds
 from automl._files import atomic_path, content_digest, remove_stale_temporaries, write_json
 from automl.data import Dataset, Item, fingerprint_array, load_dataset, stratified_holdout
-from automl.errors import ConfigError, DataError
+from automl.errors import ConfigError, DataError, WeightsUnavailableError
 from automl.images import MemoryBudget
 from automl.params import Interval, Options, check_param
-from automl.extractors import DEFAULT_IMAGE_SIZE, EXTRACTORS, Backbone, Weights, dtype_policy, import_keras
+from automl.extractors import (DEFAULT_IMAGE_SIZE, EXTRACTORS, Backbone, Weights, dtype_policy, import_keras,
+                               pretrained_names, pretrained_path)
 from automl.extractors.pretrained import NAME
+from automl.extractors.spec import first_line
 from automl.registry import canonical
 from automl.store import Store
+
+if TYPE_CHECKING:
+    from automl.augment.plan import AugmentSpec
 
 EXCLUDE_MODES = ("drop", "refuse")
 CHECKPOINT_VERSION = 2  # 2: seed streams (automl.seeds) replaced seed + k and [seed, epoch]
@@ -106,6 +136,7 @@ def pretrain(
     name: str | None = None,
     exclude: Sequence[str | os.PathLike] = (),
     exclude_mode: str = "drop",
+    augment: "AugmentSpec | dict | None" = None,
     store: str | os.PathLike | None = None,
     seed: int = 0,
     batch_size: int | None = None,
@@ -119,20 +150,30 @@ def pretrain(
 ) -> PretrainResult:
     """Train ``extractor`` with a temporary head on ``data`` and save it as ``store/extractors/NAME.keras``.
 
-    Every input is checked before anything is written; a run killed after some epochs resumes from
-    its checkpoint when run again with the same data and settings.
+    ``augment``: an augmentation plan (``AugmentSpec`` or its mapping, as a recipe's ``augment:``
+    entry): train on real + synthetic images of the training split, or synthetic ones only.
+    ``weights`` may also name a pretrained extractor of the store, to continue its training.
+    Every input is checked before anything is written (the models are built before any image is
+    generated); a run killed after some epochs resumes from its checkpoint when run again with the
+    same data and settings.
     """
     backbone = EXTRACTORS.get(extractor)
     backbone.check_image_size(image_size)
-    weights = Weights.parse(weights)
     _check_settings(epochs=epochs, patience=patience, batch_size=batch_size, learning_rate=learning_rate,
                     val_fraction=val_fraction, exclude_mode=exclude_mode)
+    spec = augment_spec(augment)
     for other in exclude:
         if not Path(other).exists():
             raise DataError(f"--exclude {other}: not found. Pass the dataset (folder or .npz) whose test split the "
                             "pretraining must not contain.")
     root = Store(store)
-    name = _check_name(name or default_name(backbone.name, data), root, overwrite)
+    start = _start_from(weights, root, backbone)
+    weights = Weights("random") if start is not None else Weights.parse(weights)
+    name = _check_name(name or default_name(backbone.name, data, spec), root, overwrite)
+    if start is not None and start.path == (root.extractors_dir / f"{name}.keras").resolve():
+        raise ConfigError(f"--name {name}: that is the extractor --weights starts from; saving over it would lose "
+                          f"what it started from. Pass another --name, e.g. --name {name}-2.")
+    pretrained = weights.pretrained or start is not None
 
     say = _noted(log)
     with events.stage("pretrain"):
@@ -140,29 +181,50 @@ def pretrain(
         items = [it for it in dataset.items if it.split != "test"]
         if not items:
             raise DataError(f"{dataset.root}: no train images to pretrain on.")
-        excluded, items = _exclude(items, exclude, exclude_mode, skip_bad, say)
+        tests = _test_sets(exclude, skip_bad)
+        excluded, items = _exclude(items, tests, exclude_mode, skip_bad, say)
         train, val, val_note = _validation_split(dataset, items, val_fraction, seed)
+        if start is not None:
+            _check_start_validation(start, dataset, val, say)
+        if spec is not None:
+            from automl.augment.generate import preflight
+
+            # A bad plan (classes, ratio, mix), a missing package or unreachable weights: refused now.
+            preflight(train, dataset.classes, spec, generated_dir=root.generated_dir, seed=seed)
         size = int(image_size)
-        batch = min(batch_size or default_batch_size(size), len(train))
-        lr = float(learning_rate or (1e-4 if weights.pretrained else 1e-3))
-        settings = Settings(backbone.name, weights.key(backbone.weights_file, seed), size, int(epochs), freeze_until,
-                            int(seed), batch, lr, float(val_fraction), int(patience),
-                            batch_norm="frozen" if weights.pretrained else f"trained, momentum {BN_MOMENTUM}")
-        data_fp = _fingerprint(train, val)
-        identity = hashlib.blake2b(json.dumps([data_fp, asdict(settings)], sort_keys=True).encode(),
-                                   digest_size=8).hexdigest()
-        say(f"pretraining {backbone.name} on {dataset.root}: {len(train)} train / {len(val)} val images "
-            f"({val_note}), {len(dataset.classes)} classes, {size} px, batch {batch}, up to {epochs} epochs")
+        lr = float(learning_rate or (1e-4 if pretrained else 1e-3))
+        settings = Settings(backbone.name, start.key() if start else weights.key(backbone.weights_file, seed), size,
+                            int(epochs), freeze_until, int(seed), 0, lr, float(val_fraction), int(patience),
+                            batch_norm="frozen" if pretrained else f"trained, momentum {BN_MOMENTUM}")
 
         keras = import_keras()
-        models = _build(keras, backbone, weights, settings, len(dataset.classes))
+        # Built before any image is generated: a bad --freeze-until or start model fails in seconds.
+        models = _build(keras, backbone, weights, settings, len(dataset.classes), start)
+        synthetic, training = None, train
+        if spec is not None:  # inside the "pretrain" stage: its bar says "generate NAME"
+            synthetic, training = _synthesize(spec, dataset, train, val, root, tests, excluded, exclude_mode, seed,
+                                              skip_bad, progress, say)
+        settings = replace(settings, batch_size=min(batch_size or default_batch_size(size), len(training)))
+        data_fp = _fingerprint(training, val)
+        identity = hashlib.blake2b(json.dumps([data_fp, asdict(settings)], sort_keys=True).encode(),
+                                   digest_size=8).hexdigest()
+        shown = (f"{len(training)} train" if synthetic is None else
+                 f"{len(training)} train ({synthetic['trained']['real']} real + {synthetic['trained']['synthetic']} "
+                 "synthetic)")
+        say(f"pretraining {backbone.name} on {dataset.root}: {shown} / {len(val)} val images "
+            f"({val_note}), {len(dataset.classes)} classes, {size} px, batch {settings.batch_size}, up to {epochs} "
+            "epochs" + (f", starting from {start.name}" if start else ""))
+
         checkpoint = root.extractors_dir / f".pretrain-{name}-{identity}"
         state = _resume(checkpoint, identity, models, say)
-        history = _train(keras, models, settings, train, val, checkpoint, identity, state, progress, say)
+        history = _train(keras, models, settings, training, val, checkpoint, identity, state, progress, say)
 
         best = history["best_epoch"]
         if best is not None:
             models.extractor.load_weights(str(checkpoint / history["best_file"]))
+        counts = {"train": len(training), "val": len(val)}
+        if synthetic is not None:
+            counts.update(synthetic["trained"])
         record = {
             "name": name,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -171,10 +233,13 @@ def pretrain(
             "layout": dataset.layout,
             "classes": dataset.classes,
             "data_fingerprint": data_fp,
-            "counts": {"train": len(train), "val": len(val)},
+            "validation_fingerprint": _validation_fingerprint(val),
+            "counts": counts,
             "validation": val_note,
-            "settings": asdict(settings) | {"weights_given": weights.record()},
+            "settings": asdict(settings) | {"weights_given": start.record_entry() if start else weights.record()},
             "excluded": excluded,
+            "synthetic": synthetic,
+            "started_from": start.summary() if start else None,
             "epochs": history["epochs"],
             "best_epoch": best,
             "stopped_early": history["stopped_early"],
@@ -198,9 +263,9 @@ def _noted(log: Callable[[str], None]) -> Callable[..., None]:
     return say
 
 
-def default_name(extractor: str, data: str | os.PathLike) -> str:
+def default_name(extractor: str, data: str | os.PathLike, spec: "AugmentSpec | None" = None) -> str:
     stem = re.sub(r"[^a-z0-9._-]+", "-", Path(data).stem.lower()).strip("-._") or "data"
-    return f"{extractor}-{stem}"[:80]
+    return f"{extractor}-{stem}{f'-{spec.type}' if spec is not None else ''}"[:80]
 
 
 def default_batch_size(image_size: int) -> int:
@@ -237,6 +302,176 @@ def _check_name(name: str, root: Store, overwrite: bool) -> str:
     return key
 
 
+# --- the synthetic set ---------------------------------------------------------------------------
+
+
+def augment_spec(value: "AugmentSpec | dict | None") -> "AugmentSpec | None":
+    """The augmentation plan, checked: its errors name the field (``ratio``, ``filter.selective``, ...)."""
+    from pydantic import ValidationError
+
+    from automl.augment.plan import AugmentSpec
+
+    if value is None or isinstance(value, AugmentSpec):
+        spec = value
+    else:
+        from automl.recipe.explain import RecipeError, explain
+
+        try:
+            spec = AugmentSpec.model_validate(value)
+        except ValidationError as exc:
+            # An augmenter's own parameter check has no field of the plan to name: it is in params.
+            lines = [f"params: {line[2:]}" if line.startswith(": ") else line
+                     for line in explain(exc, AugmentSpec.model_fields, flags=True)]
+            raise RecipeError(lines, source="automl pretrain --augment") from None
+    if spec is not None and spec.filter is not None and spec.filter.selective is not None:
+        raise ConfigError("automl pretrain --augment: filter.selective: the selective filter (and its control) "
+                          "chooses synthetic images per cross-validation fold with a classifier of embedded real "
+                          "images, which pretraining does not have; found selective="
+                          f"{spec.filter.selective:g}. Fix: leave it out, or use --filter drop_copies.")
+    return spec
+
+
+def _synthesize(spec: "AugmentSpec", dataset: Dataset, train: list[Item], val: list[Item], root: Store,
+                tests: list["_TestSet"], excluded: list[dict], exclude_mode: str, seed: int, skip_bad: bool,
+                progress: bool, log) -> tuple[dict, list[Item]]:
+    """Make (or reuse) the plan's synthetic images of ``train`` (the training images left after the
+    validation split), leave out any that could leak validation or test images, and return the
+    record of the synthetic set and the images to train on (real ones first unless synthetic-only)."""
+    from automl.augment import build_augmenter
+    from automl.augment.generate import augment, find_test_copies, refuse_test_copies
+
+    augmenter = build_augmenter(spec.type, spec.params)
+    augmenter.skip_bad = skip_bad  # an augmenter that reads files of its own (folder) honours it
+    root.ensure()
+    synthetic = augment(train, dataset.classes, spec, generated_dir=root.generated_dir,
+                        generators_dir=root.generators_dir, seed=seed, progress=progress, augmenter=augmenter)
+    synthetic = refuse_test_copies(synthetic, dataset.split("test"), skip_bad=skip_bad, progress=progress)
+    items, sources = synthetic.items, synthetic.sources
+    # By construction no source is a validation image; a file present in both train and val shares
+    # its fingerprint with the validation copy, and a folder augmenter's image may equal one.
+    val_fps = {it.fingerprint for it in val}
+    from_val = {i for i, src in enumerate(sources) if val_fps.intersection(src)}
+    copies = {i for i, _ in find_test_copies(items, val)} - from_val
+    if from_val or copies:
+        log(f"left out {len(from_val) + len(copies)} synthetic image(s) that could leak validation images: "
+            f"{len(from_val)} made from an image also in the validation split, {len(copies)} identical to a "
+            "validation image")
+    items = [it for i, it in enumerate(items) if i not in from_val | copies]
+    matched, items = _exclude(items, tests, exclude_mode, skip_bad, log, what="synthetic", allow_empty=True)
+    for entry, match in zip(excluded, matched):
+        entry["synthetic_dropped"] = match["dropped"]
+    real = synthetic.real if synthetic.train_on_real else []
+    training = real + items
+    if len({it.label for it in training}) < 2:
+        raise DataError(f"{dataset.root}: after leaving out synthetic images that could leak validation or test "
+                        f"images, the training images ({spec.mix}) hold fewer than 2 classes; nothing to pretrain.")
+    record = dict(synthetic.record)
+    record.pop("synthetic_per_class", None)  # counted again below, after what was left out here
+    record.update({
+        "key": Path(record["folder"]).name,
+        "plan": spec.model_dump(mode="json", exclude_none=True),
+        "made_from": "the pretraining's training images only, drawn after its validation split",
+        "synthetic_per_class": {c: sum(dataset.classes[it.label] == c for it in items) for c in record["classes"]},
+        "left_out": {"made_from_validation_image": len(from_val), "copy_of_validation_image": len(copies),
+                     "copy_of_test_image": len(record.get("test_copies_left_out", [])),
+                     "in_exclude_test_sets": sum(m["dropped"] for m in matched)},
+        "trained": {"real": len(real), "synthetic": len(items)},
+    })
+    return record, training
+
+
+def describe_synthetic(record: dict) -> list[str]:
+    """Lines for the terminal: the synthetic set a pretrained extractor saw, and what it started from."""
+    lines = []
+    syn = record.get("synthetic")
+    if syn:
+        per_class = ", ".join(f"{c} {n}" for c, n in syn["synthetic_per_class"].items())
+        left = sum(syn["left_out"].values())
+        lines.append(f"synthetic set: {syn['variant']} ({syn['mix']}), {syn['trained']['synthetic']} images "
+                     f"({per_class}) with {syn['trained']['real']} real; {syn['key']} in {Path(syn['folder']).parent} "
+                     f"({syn['generated']} made, {syn['reused']} reused" + (f", {left} left out" if left else "")
+                     + ")")
+    start = record.get("started_from")
+    if start:
+        seen = start.get("synthetic")
+        lines.append(f"started from: {start['name']} (pretrained on {start.get('data')}"
+                     + (f", synthetic set {seen['variant']} {seen['key']}" if seen else ", real images only") + ")")
+    return lines
+
+
+# --- starting from a pretrained extractor -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Start:
+    """A pretrained extractor (``automl pretrain``'s ``.keras``) that a pretraining continues."""
+
+    name: str
+    path: Path
+    digest: str
+    record: dict | None  # its NAME.json, when there
+
+    def key(self) -> str:
+        return f"pretrained:{self.digest}"
+
+    def record_entry(self) -> dict:
+        return {"kind": "pretrained", "name": self.name, "path": str(self.path), "digest": self.digest}
+
+    def summary(self) -> dict:
+        rec = self.record or {}
+        return self.record_entry() | {key: rec.get(key) for key in ("data", "data_fingerprint", "counts",
+                                                                    "best_epoch", "synthetic", "started_from")}
+
+
+def _start_from(weights, root: Store, backbone: Backbone) -> _Start | None:
+    """``weights`` as a pretrained extractor to continue: its name in the store, or a ``.keras`` file
+    (None for imagenet, none and weights files, which ``Weights.parse`` reads)."""
+    if weights is None or isinstance(weights, Weights) or Weights.keyword(os.fspath(weights)):
+        return None
+    text = os.fspath(weights)
+    path = Path(text).expanduser()
+    if path.is_file() and path.suffix != ".keras":
+        return None
+    found = path.resolve() if path.is_file() else pretrained_path(root, text)
+    if found is None:
+        names = pretrained_names(root)
+        raise WeightsUnavailableError(
+            f"--weights {text}: not imagenet, none, a weights file, nor a pretrained extractor in "
+            f"{root.extractors_dir} ({', '.join(names) if names else 'none there'}). Pass one of those "
+            "(a pretrained extractor continues its training).")
+    side = found.with_suffix(".json")
+    record = json.loads(side.read_text()) if side.is_file() else None
+    made = (record or {}).get("extractor")
+    if made is not None and made != backbone.name:
+        raise ConfigError(f"--weights {text}: a pretrained {made}; --extractor {backbone.name} cannot start from it. "
+                          f"Pass --extractor {made}.")
+    return _Start(found.stem, found, content_digest(found), record)
+
+
+def _validation_fingerprint(val: Sequence[Item]) -> str:
+    return hashlib.blake2b(";".join(sorted(f"{it.fingerprint}:{it.label}" for it in val)).encode(),
+                           digest_size=12).hexdigest()
+
+
+def _check_start_validation(start: _Start, dataset: Dataset, val: list[Item], log) -> None:
+    """On the same data, the start extractor held out these validation images too (else this stage
+    would validate on images it trained on)."""
+    rec = start.record or {}
+    if not rec.get("data") or Path(rec["data"]).resolve() != Path(dataset.root).resolve():
+        return
+    theirs = rec.get("validation_fingerprint")
+    if theirs is None:
+        log(f"note: {start.name}'s record predates validation fingerprints; cannot check that it held out the same "
+            "validation images")
+    elif theirs != _validation_fingerprint(val):
+        settings = rec.get("settings") or {}
+        raise ConfigError(
+            f"--weights {start.name} was pretrained on {dataset.root} with another validation split "
+            f"({rec.get('validation')}); this run would validate on images it may have trained on. Pass the "
+            f"--seed, --val-fraction and --exclude it was pretrained with (seed {settings.get('seed')}, val fraction "
+            f"{settings.get('val_fraction')}).")
+
+
 def _fingerprint(train: list[Item], val: list[Item]) -> str:
     h = hashlib.blake2b(digest_size=12)
     for part, items in (("train", train), ("val", val)):
@@ -264,31 +499,50 @@ def _pixel_hashes(items: Sequence[Item], skip_bad: bool) -> list[str | None]:
         return list(pool.map(one, items))
 
 
-def _exclude(items: list[Item], others, mode: str, skip_bad: bool, log) -> tuple[list[dict], list[Item]]:
-    if not others:
-        return [], items
-    mine = _pixel_hashes(items, skip_bad)
-    records, drop = [], set()
+@dataclass
+class _TestSet:
+    """An ``--exclude`` dataset's test split (all of it when it has none), as what images match by."""
+
+    data: str
+    checked: str
+    size: int
+    content: set
+    pixels: set
+
+
+def _test_sets(others, skip_bad: bool) -> list[_TestSet]:
+    sets = []
     for other in others:
         ds = load_dataset(other, skip_bad=skip_bad)
         test = ds.split("test")
         checked = "test split" if test else "all images (no test split given)"
         test = test or ds.items
-        content = {it.fingerprint for it in test}
-        pixels = set(_pixel_hashes(test, skip_bad)) - {None}
-        hits = [i for i, (it, px) in enumerate(zip(items, mine)) if it.fingerprint in content or px in pixels]
+        sets.append(_TestSet(str(ds.root), checked, len(test), {it.fingerprint for it in test},
+                             set(_pixel_hashes(test, skip_bad)) - {None}))
+    return sets
+
+
+def _exclude(items: list[Item], sets: list[_TestSet], mode: str, skip_bad: bool, log, what: str = "pretraining",
+             allow_empty: bool = False) -> tuple[list[dict], list[Item]]:
+    """``items`` without those in an ``--exclude`` test set (or refused); ``what``: the images' kind."""
+    if not sets:
+        return [], items
+    mine = _pixel_hashes(items, skip_bad)
+    records, drop = [], set()
+    for ts in sets:
+        hits = [i for i, (it, px) in enumerate(zip(items, mine)) if it.fingerprint in ts.content or px in ts.pixels]
         if hits and mode == "refuse":
             shown = ", ".join(items[i].path for i in hits[:5])
-            raise DataError(f"{len(hits)} pretraining image(s) also appear in the test split of {ds.root} "
+            raise DataError(f"{len(hits)} {what} image(s) also appear in the test split of {ts.data} "
                             f"(e.g. {shown}); remove them, or pass --exclude-mode drop to leave them out.")
-        log(f"--exclude {ds.root} ({checked}, {len(test)} images): {len(hits)} pretraining image(s) match"
+        log(f"--exclude {ts.data} ({ts.checked}, {ts.size} images): {len(hits)} {what} image(s) match"
             + ("; dropped" if hits else ""))
-        records.append({"data": str(ds.root), "checked": checked, "images_checked": len(test), "dropped": len(hits),
+        records.append({"data": ts.data, "checked": ts.checked, "images_checked": ts.size, "dropped": len(hits),
                         "match": "content fingerprint or decoded-pixel hash"})
         drop.update(hits)
     kept = [it for i, it in enumerate(items) if i not in drop]
-    if not kept:
-        raise DataError("every pretraining image appears in an --exclude test set; nothing is left to train on.")
+    if not kept and not allow_empty:
+        raise DataError(f"every {what} image appears in an --exclude test set; nothing is left to train on.")
     return records, kept
 
 
@@ -325,8 +579,11 @@ class _Models:
     extractor: object  # rescaling -> backbone: what is saved
 
 
-def _build(keras, backbone: Backbone, weights: Weights, settings: Settings, n_classes: int) -> _Models:
+def _build(keras, backbone: Backbone, weights: Weights, settings: Settings, n_classes: int,
+           start: _Start | None = None) -> _Models:
+    """The models; ``start``: a pretrained extractor whose weights replace ``weights``' (random) ones."""
     size, seed = settings.image_size, settings.seed
+    pretrained = weights.pretrained or start is not None
     module = getattr(keras.applications, backbone.module)
     probe = np.linspace(0, 255, 12, dtype=np.float32).reshape(1, 2, 2, 3)
     if not np.allclose(module.preprocess_input(probe.copy()), probe / 127.5 - 1, atol=1e-5):
@@ -335,10 +592,17 @@ def _build(keras, backbone: Backbone, weights: Weights, settings: Settings, n_cl
     # float32 whatever the global policy: mixed precision training would need loss scaling.
     with dtype_policy(keras, "float32"):
         net = backbone.keras_model(keras, weights, size, seed)
-        _freeze(net, backbone.name, settings.freeze_until, pretrained=weights.pretrained)
+        _freeze(net, backbone.name, settings.freeze_until, pretrained=pretrained)
         inputs = keras.Input((size, size, 3), name="pixels")
         features = net(keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="preprocess")(inputs))
         extractor = keras.Model(inputs, features, name=f"{backbone.name}-pretrained")
+        if start is not None:
+            try:  # the same model as pretraining saves: its weights load into it by structure
+                extractor.load_weights(str(start.path))
+            except Exception as exc:  # Keras raises many types for a mismatched file
+                raise ConfigError(f"--weights {start.name}: cannot load {start.path} into {backbone.name} as "
+                                  f"`automl pretrain` builds it: {first_line(exc)}. Pass an extractor pretrain "
+                                  "saved for this backbone.") from exc
         aug = settings.augmentation
         x = keras.layers.RandomFlip(aug["flip"], seed=seeds.derive(seed, "pretrain", "flip"))(inputs)
         x = keras.layers.RandomRotation(aug["rotation"], fill_mode="reflect",
