@@ -15,6 +15,7 @@ import pytest
 pytest.importorskip("fastapi", reason="the service extra is part of the README's install")
 from fastapi.testclient import TestClient  # noqa: E402
 
+import fakes  # noqa: E402,F401 - registers test-shift, the pretrain job's augmenter
 import test_bad_inputs as bad_inputs  # noqa: E402
 from automl.demo import make_demo_dataset  # noqa: E402
 from automl.service.app import ServiceConfig, create_app  # noqa: E402
@@ -329,12 +330,17 @@ def test_a_pretrain_job_saves_an_extractor_a_fit_names(service, tmp_path):
     options = {"data": dataset.json()["id"], "extractor": "inception-v3", "weights": "none", "image_size": 75,
                "epochs": 1, "name": "tiny"}
     for bad, words in (({"epochs": 0}, "epochs"), ({"extractor": "nope"}, "nope"), ({"store": "/x"}, "store"),
-                       ({"exclude": ["sha256-" + "1" * 32]}, "exclude[0]"), ({"weights": "/etc/passwd"}, "outside")):
+                       ({"exclude": ["sha256-" + "1" * 32]}, "exclude[0]"), ({"weights": "/etc/passwd"}, "outside"),
+                       ({"augment": {"type": "nope"}}, "unknown augmenter"),
+                       ({"augment": {"type": "folder", "params": {"path": "/etc"}}}, "augment.params.path")):
         answer = client.post("/jobs", headers=AUTH, json={"kind": "pretrain", "recipe": {**options, **bad}})
         assert answer.status_code == 422 and words in answer.json()["error"]["message"], answer.text
-    job = client.post("/jobs", headers=AUTH, json={"kind": "pretrain", "recipe": options}).json()
+    synthetic = {"type": "test-shift", "ratio": 0.5, "classes": "all"}  # synthetic pretraining, over HTTP too
+    job = client.post("/jobs", headers=AUTH, json={"kind": "pretrain", "recipe": {**options, "augment": synthetic}})
+    job = job.json()
     assert job["state"] == "succeeded", job["error"]
     assert job["result"]["extractor"] == "tiny" and (root / "store" / "extractors" / "tiny.keras").is_file()
+    assert job["result"]["record"]["synthetic"]["augmenter"] == "test-shift"
 
 
 def test_the_event_log_numbers_and_reads_from_its_end(tmp_path):

@@ -18,6 +18,7 @@ from typing import Any, Literal, Optional, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from automl.augment.plan import AugmentSpec
 from automl.errors import ConfigError
 from automl.recipe import DEFAULT_IMAGE_SIZE, Recipe
 from automl.recipe.explain import RecipeError
@@ -128,11 +129,16 @@ def _check_paths(store: Store, recipe: Recipe, allowed_roots: Sequence[Path]) ->
         if path is not None:
             problems += _outside(f"extractors[{i}]", path, roots)
     for i, spec in enumerate(recipe.augment or []):
-        for key, value in spec.params.items():
-            if isinstance(value, str) and (os.path.isabs(value) or os.path.exists(value)):
-                problems += _outside(f"augment[{i}].params.{key}", value, roots)
+        problems += _params_outside(f"augment[{i}]", spec, roots)
     if problems:
         raise RecipeError(problems, source=SOURCE)
+
+
+def _params_outside(field: str, spec, roots: Sequence[Path]) -> list[str]:
+    """An augmentation plan's parameters that name paths outside ``roots`` (a folder augmenter's images)."""
+    return [problem for key, value in spec.params.items()
+            if isinstance(value, str) and (os.path.isabs(value) or os.path.exists(value))
+            for problem in _outside(f"{field}.params.{key}", value, roots)]
 
 
 def _outside(field: str, value: Any, roots: Sequence[Path]) -> list[str]:
@@ -176,11 +182,13 @@ class PretrainRequest(BaseModel):
     val_fraction: float = Field(0.1, gt=0, lt=1)
     seed: int = Field(0, ge=0)
     skip_bad: bool = False
+    augment: Optional[AugmentSpec] = Field(None, description=(
+        "synthetic pretraining: one augmentation plan (type, ratio, classes, mix, real_fraction, params, filter)"))
 
 
 def validate_pretrain(store: Store, body: Any, *, allowed_roots: Sequence[Path] = ()) -> dict:
     """A pretrain job's stored request: ``{"pretrain": <pretrain()'s keyword arguments>, "dataset": <id>}``."""
-    from automl.extractors import EXTRACTORS, Weights
+    from automl.extractors import EXTRACTORS, Weights, pretrained_path
     from automl.service.uploads import DatasetNotFoundError, get_dataset
 
     source = "the request's pretrain options"
@@ -195,8 +203,12 @@ def validate_pretrain(store: Store, body: Any, *, allowed_roots: Sequence[Path] 
     if request.extractor not in EXTRACTORS:
         raise RecipeError([f"extractor: unknown {request.extractor!r}; pretrain trains a built-in backbone: "
                            f"{', '.join(EXTRACTORS.names())}."], source=source)
-    problems = [] if Weights.keyword(request.weights) else _outside("weights", request.weights,
-                                                                    [Path(r).resolve() for r in allowed_roots])
+    roots = [Path(r).resolve() for r in allowed_roots]
+    # A keyword, or a pretrained extractor of this store to continue (automl pretrain --weights NAME).
+    known = Weights.keyword(request.weights) or pretrained_path(store, request.weights) is not None
+    problems = [] if known else _outside("weights", request.weights, roots)
+    if request.augment is not None:
+        problems += _params_outside("augment", request.augment, roots)
     paths = {}
     for field, ids in (("data", [request.data]), ("exclude", request.exclude)):
         for i, dataset_id in enumerate(ids):
@@ -206,6 +218,7 @@ def validate_pretrain(store: Store, body: Any, *, allowed_roots: Sequence[Path] 
                 problems.append(f"{field}{'' if field == 'data' else f'[{i}]'}: {exc}")
     if problems:
         raise RecipeError(problems, source=source)
-    options = request.model_dump()
-    options.update(data=paths["data"][0], exclude=paths.get("exclude", []))
+    options = request.model_dump(exclude={"augment"})
+    options.update(data=paths["data"][0], exclude=paths.get("exclude", []),
+                   augment=None if request.augment is None else request.augment.model_dump(exclude_none=True))
     return {"pretrain": options, "dataset": request.data}
