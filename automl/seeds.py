@@ -26,8 +26,19 @@ Names are joined by ``:``, so ``derive(seed, "augment", 3, "order")`` is the str
                               per-image seeds (``augment.base.image_seed``): image ``index`` of class
                               ``label``, whatever the batching. Streams: ``generate`` (Stable Diffusion
                               outputs), ``prior`` (DreamBooth class images), ``conventional``,
-                              ``dcgan``; and index 0 of ``train`` / ``dcgan-train`` seeds a fit
+                              ``dcgan``, ``pggan``; and index 0 of ``train`` / ``dcgan-train`` seeds a fit.
+                              ``<label>`` is ``pretrain`` for the networks pretrained on ``pretrain_data``
+                              (``dcgan-train``, and the ``dcgan`` / ``pggan`` latents of their sample grids)
+``augment:<unit>:pggan-init``, ``augment:<unit>:pggan-order:<epoch>``, ``augment:<unit>:pggan-train:<step>``
+                              a PGGAN fit (``automl.augment.pggan``): its initial weights, the order of the
+                              images in its epoch ``epoch``, the noise (latents, gradient-penalty mixes) of
+                              its step ``step`` (counted over all its phases); ``<unit>``: the class index,
+                              ``<label>-cluster-<id>`` (``sampler: cluster``), ``all`` (``conditional``) or
+                              ``pretrain`` (on ``pretrain_data``)
 ``augment:<label>:prompts``   textual inversion's choice of training prompts
+``augment:<label>:clusters``  the k-means of class ``label``'s training images under ``sampler: cluster``
+                              (``automl.augment.clusters``); its extractor's random weights (``weights=none``)
+                              take the seed as given, as every extractor's do
 ``train:batches``             (under a fit's own seed) the batches Stable Diffusion training draws
 ``pretrain:val``              pretraining's validation split when the data has no ``val/``
 ``pretrain:flip``, ``pretrain:rotation``, ``pretrain:zoom``, ``pretrain:dropout``

@@ -73,7 +73,7 @@ def test_registered_and_light_to_import():
     ("sd-dreambooth", {"identifiers": ["two words"]}, r"'identifiers'"),
     ("sd-dreambooth", {"learning_rate": 0.0}, r"'learning_rate'"),
     ("sd-dreambooth", {"num_class_images": 0}, r"'num_class_images'"),
-    ("sd-dreambooth", {"sampler": "cluster:3"}, r"unknown sampler 'cluster'; valid: all, random"),
+    ("sd-dreambooth", {"sampler": "clusters:3"}, r"unknown sampler 'clusters'; valid: all, cluster, random"),
     ("sd-dreambooth", {"sampler": "random:x"}, r"random needs a positive count"),
     ("sd-dreambooth", {"memory_savers": "yes"}, r"'memory_savers'"),
     ("sd-lora", {"rank": 0}, r"'rank'"),
@@ -106,7 +106,7 @@ def test_default_parameters_keep_their_store_keys():
     train = [SimpleNamespace(fingerprint=f"{i:016x}", label=i % 2) for i in range(4)]
     for name, (images_key, fit_key) in STORED_KEYS.items():
         augmenter = build_augmenter(name)
-        assert key_of(name, augmenter.params, train, 0) == images_key, name
+        assert key_of(name, augmenter.key_params(), train, 0) == images_key, name
         assert key_of(name, augmenter.fit_signature(), train, 0) == fit_key, name
 
 

@@ -11,8 +11,10 @@ Contract, kept by every augmenter so that caching and resumption are correct:
   error lists the valid ones), checks each value's type against its default's, then the
   ``constraints`` (parameter -> accepted ``automl.params`` constraints), then ``check`` (what a
   constraint cannot say, such as two parameters together).
-- ``fit_params`` names the parameters that change what ``fit`` learns. The fitted state lives in the
-  ``work_dir`` it is handed, which is keyed by (augmenter, those parameters, the training images'
+- ``fit_params`` names the parameters that change what ``fit`` learns; ``later_params`` those added
+  after the augmenter's first release, left out of the cache keys at their defaults (so a store's
+  images and generators made before them are reused). The fitted state lives in the ``work_dir`` it
+  is handed, which is keyed by (augmenter, those parameters, the training images'
   fingerprints, seed): a second run with the same key must reuse what it finds there instead of
   training again; a killed fit may leave a partial checkpoint there, which the next fit resumes or
   discards, never mistakes for a finished one.
@@ -64,6 +66,10 @@ class Augmenter:
     # Short text for `automl augmenters` and error messages.
     summary: ClassVar[str] = ""
     skip_bad: bool = False  # the recipe's skip_bad (set by the pipeline): leave unusable input files out
+    # Parameters added after the augmenter was first released: at their defaults they are left out of
+    # the cache keys (``key_params``, ``fit_signature``), so images and generators made before they
+    # existed keep their keys and are reused.
+    later_params: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, **params: Any):
         unknown = sorted(set(params) - set(self.defaults))
@@ -102,8 +108,16 @@ class Augmenter:
     def close(self) -> None:
         """Release what ``fit`` holds in memory (models, GPU cache)."""
 
+    def key_params(self) -> dict[str, Any]:
+        """The parameters that key the generated images: all of them, less ``later_params`` at their defaults."""
+        return {k: v for k, v in self.params.items() if not self._default_later(k)}
+
     def fit_signature(self) -> dict[str, Any]:
-        return {k: self.params[k] for k in self.fit_params}
+        """The parameters that key the fitted state: ``fit_params``, less ``later_params`` at their defaults."""
+        return {k: self.params[k] for k in self.fit_params if not self._default_later(k)}
+
+    def _default_later(self, key: str) -> bool:
+        return key in self.later_params and self.params[key] == self.defaults[key]
 
 
 def _check_type(augmenter: str, key: str, value: Any, default: Any) -> Any:

@@ -9,6 +9,12 @@ image of the class is at most 32 px on its longer side, as MedMNIST's 28 px ones
 decoded to RGB (grayscale scans become three equal channels) and squashed to the network's side;
 outputs are upsampled (bicubic) to ``output_size`` so the extractors get reasonable inputs.
 
+``pretrain_data: PATH`` (a related dataset): a DCGAN of the same side is first trained for
+``pretrain_epochs`` on that dataset's training images, classes pooled, and each class's DCGAN starts
+from its generator and discriminator; the pretrained pair is cached in the store's generators folder
+(``dcgan-pretrain-<key>/``, keyed by its settings, the images' fingerprints and the seed) and reused
+by every class and run that needs it. Which datasets are refused, and why: ``automl.augment.pggan``.
+
 Fitted state, per class, under the ``work_dir`` the framework hands ``fit``:
 
 - ``class-<label>/checkpoint.pt``: networks, optimisers, random state and losses after the last
@@ -16,7 +22,9 @@ Fitted state, per class, under the ``work_dir`` the framework hands ``fit``:
 - ``class-<label>/generator.pt``: the finished generator, written atomically after the last epoch;
   only a generator that loads and says it finished the same training counts as finished;
 - ``class-<label>/training.json``: epochs, steps, seconds and the per-epoch losses;
-- ``class-<label>/samples.png``: an 8x8 grid of samples from fixed latents.
+- ``class-<label>/samples.png``: an 8x8 grid of samples from fixed latents;
+- with ``sampler: cluster``, the same in ``class-<label>-cluster-<id>-<digest>/`` per kept cluster,
+  trained on its images nearest the centroid, and the clustering in ``clusters/`` (``automl.augment.clusters``).
 
 Image k of a class comes from a latent drawn from a generator seeded by (seed, label, k), through
 the generator in eval mode one image at a time, so it does not depend on the batching.
@@ -37,6 +45,8 @@ import numpy as np
 
 from automl import progress as events
 from automl.augment.base import Augmenter, image_seed, register
+from automl.augment.clusters import preflight_sampler, write_summary
+from automl.augment.sd_common import check_sampler, sample_groups
 from automl._files import atomic_write, remove_stale_temporaries, write_json
 from automl.errors import ConfigError
 from automl.params import Interval, Options
@@ -62,6 +72,11 @@ class DCGAN(Augmenter):
         "lr": 2e-4,
         "beta1": 0.5,
         "output_size": 128,  # side of the saved images (upsampled); 0 = the class's median image side
+        "pretrain_data": "",  # a related dataset to train on first, classes pooled; each class is fine-tuned from it
+        "pretrain_epochs": 20,  # passes over pretrain_data's images
+        # Which training images a DCGAN sees: all, random:N, or cluster[:k=4,...]: a DCGAN per kept cluster
+        # (automl.augment.clusters).
+        "sampler": "all",
     }
     constraints = {
         "size": [Options((0, 32, 64))],
@@ -71,14 +86,27 @@ class DCGAN(Augmenter):
         "lr": [Interval(float, 0.0, 1.0, closed="right")],
         "beta1": [Interval(float, 0.0, 1.0, closed="left")],
         "output_size": [Options((0,)), Interval(int, 8, 4096)],
+        "pretrain_epochs": [Interval(int, 1, closed="left")],
     }
-    fit_params = ("size", "epochs", "batch_size", "width", "lr", "beta1")
+    fit_params = ("size", "epochs", "batch_size", "width", "lr", "beta1", "pretrain_data", "pretrain_epochs", "sampler")
+    later_params = ("pretrain_data", "pretrain_epochs", "sampler")  # stores made before them keep their keys
 
     def __init__(self, **params: Any):
         super().__init__(**params)
         self.generators_: dict[int, Any] = {}  # label -> generator network, eval mode
         self.output_sides_: dict[int, int] = {}
         self.trained_: dict[int, str] = {}  # label -> "trained", "resumed" or "reused" (for tests and logs)
+        self.samplings_: dict[int, Any] = {}  # label -> its DCGANs' image groups (automl.augment.clusters.Grouping)
+
+    def check(self) -> None:
+        self.params["sampler"] = check_sampler(self.name, self.params["sampler"])
+
+    def preflight(self) -> None:
+        preflight_sampler(self.params["sampler"])
+        if self.params["pretrain_data"]:
+            from automl.augment.pggan import pretrain_images
+
+            pretrain_images(self, {})
 
     # ---- fit ---------------------------------------------------------------------------------------------
 
@@ -87,6 +115,7 @@ class DCGAN(Augmenter):
         import torch
 
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        pretrain = None  # pretrain_data's training images, read once
         for label in chosen:
             items = list(train.get(label, ()))
             if not items:
@@ -95,20 +124,48 @@ class DCGAN(Augmenter):
             side = self.params["size"] or (TINY if max(max(it.width, it.height) for it in items) <= TINY else 64)
             self.output_sides_[label] = self.params["output_size"] or int(
                 statistics.median(max(it.width, it.height) for it in items))
-            folder = Path(work_dir) / f"class-{label}"
-            if folder.is_dir():
-                remove_stale_temporaries(folder)  # half-written files of a killed fit
-            config = {**self.fit_signature(), "side": side, "latent": LATENT, "format": FORMAT,
-                      "images": len(items), "seed": seed, "label": label}
-            generator = self._finished(folder, config, device)
-            if generator is None:
-                with _threads():
-                    generator = self._train(items, classes[label], label, side, config, folder, seed, device,
-                                            progress)
+            self.samplings_[label] = sample_groups(self.params["sampler"], items, label=label, work_dir=Path(work_dir),
+                                                   seed=seed, class_name=classes[label], progress=progress)
+            for unit, images, folder in self._units(label, items, Path(work_dir)):
+                if folder.is_dir():
+                    remove_stale_temporaries(folder)  # half-written files of a killed fit
+                config = {**self.fit_signature(), "side": side, "latent": LATENT, "format": FORMAT,
+                          "images": len(images), "seed": seed, "label": label,
+                          **({} if unit == label else {"cluster": unit[1]})}
+                # The pretrained pair's key (its images' fingerprints) keys the fine-tune.
+                if self.params["pretrain_data"]:
+                    from automl.augment.pggan import pretrain_folder, pretrain_images
+
+                    pretrain = pretrain or pretrain_images(self, train)
+                    pre_config = {**{k: v for k, v in config.items()
+                                     if k not in ("pretrain_data", "pretrain_epochs", "sampler", "cluster")},
+                                  "epochs": self.params["pretrain_epochs"], "images": len(pretrain),
+                                  "label": "pretrain"}
+                    config["pretrained"] = pretrain_folder(self.name, pre_config, pretrain, seed)
+                generator = self._finished(folder, config, device)
+                if generator is None:
+                    start = None if pretrain is None else self._pretrained(
+                        pretrain, pre_config, Path(work_dir).parent / config["pretrained"], seed, device, progress)
+                    with _threads():
+                        generator = self._train(images, classes[label], label, side, config, folder, seed, device,
+                                                progress, start)
+                    self.trained_[unit] = self.trained_.pop(label)  # _train notes it under the class
+                else:
+                    self.trained_[unit] = "reused"
+                    (folder / "checkpoint.pt").unlink(missing_ok=True)  # left if a fit died right after finishing
+                self.generators_[unit] = generator.eval()
+        write_summary(Path(work_dir), classes, self.samplings_)
+
+    def _units(self, label: int, items: list, work_dir: Path):
+        """(key, training images, folder) of each DCGAN class ``label`` trains: one (key ``label``) on
+        the sampled class (under ``sampler: all`` its images as listed, as before samplers existed), or
+        one per kept cluster (key ``(label, cluster id)``)."""
+        for group in self.samplings_[label].groups:
+            if group.cluster is None:
+                chosen = items if self.params["sampler"] == "all" else list(group.items)
+                yield label, chosen, work_dir / f"class-{label}"
             else:
-                self.trained_[label] = "reused"
-                (folder / "checkpoint.pt").unlink(missing_ok=True)  # left if a fit died right after finishing
-            self.generators_[label] = generator.eval()
+                yield (label, group.cluster), list(group.items), work_dir / f"class-{label}-{group.tag}"
 
     def _finished(self, folder: Path, config: dict, device):
         """The finished generator saved in ``folder`` for exactly this training, else None."""
@@ -128,12 +185,33 @@ class DCGAN(Augmenter):
             return None
         return generator
 
+    def _pretrained(self, items, config: dict, folder: Path, seed: int, device, progress: bool) -> dict:
+        """The generator and discriminator trained on pretrain_data's ``items`` (classes pooled) under
+        ``config``: reused from ``folder``, else trained (or resumed) there."""
+        import torch
+
+        path = folder / "generator.pt"
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else {}
+        except Exception as exc:  # a damaged file: train again rather than trust it
+            warnings.warn(f"ignoring unreadable DCGAN generator {path} ({exc}); training again", stacklevel=2)
+            saved = {}
+        if saved.get("config") == config and saved.get("finished") and "discriminator" in saved:
+            self.trained_["pretrain"] = "reused"
+            return saved
+        if folder.is_dir():
+            remove_stale_temporaries(folder)
+        with _threads():
+            self._train(items, f"pretrain ({len(items)} images)", "pretrain", config["side"], config, folder, seed,
+                        device, progress)
+        return torch.load(path, map_location="cpu", weights_only=True)
+
     def _train(self, items, class_name: str, label: int, side: int, config: dict, folder: Path, seed: int,
-               device, progress: bool):
+               device, progress: bool, start: dict | None = None):
         import torch
         from torch import nn
 
-        p = self.params
+        p = {**self.params, "epochs": config["epochs"]}  # pretraining runs pretrain_epochs
         real = torch.from_numpy(np.stack([it.load(side) for it in items])).permute(0, 3, 1, 2)
         real = real.float().div_(127.5).sub_(1.0)  # [-1, 1], tanh's range
         n = len(real)
@@ -144,6 +222,14 @@ class DCGAN(Augmenter):
         generator, discriminator = _generator(side, p["width"]), _discriminator(side, p["width"])
         for net in (generator, discriminator):
             _init_weights(net, rng)
+        initial = None
+        if start is not None:  # fine-tuning: both networks begin as the pretrained pair
+            generator.load_state_dict(start["generator"])
+            discriminator.load_state_dict(start["discriminator"])
+            from automl.augment.pggan import state_digest
+
+            initial = {"initial_generator_sha256": state_digest(generator.state_dict()),
+                       "pretrained_generator_sha256": state_digest(start["generator"])}
         generator, discriminator = generator.to(device), discriminator.to(device)
         opt_g = torch.optim.Adam(generator.parameters(), lr=p["lr"], betas=(p["beta1"], 0.999))
         opt_d = torch.optim.Adam(discriminator.parameters(), lr=p["lr"], betas=(p["beta1"], 0.999))
@@ -209,11 +295,13 @@ class DCGAN(Augmenter):
 
         seconds = seconds_before + time.perf_counter() - t0
         generator.eval()
-        _torch_save(folder / "generator.pt", {"config": config, "finished": True,
-                                              "generator": generator.state_dict()})
+        _torch_save(folder / "generator.pt", {"config": config, "finished": True, "generator": generator.state_dict(),
+                                              # fine-tunes start from the pretrained discriminator too
+                                              **({"discriminator": discriminator.state_dict()}
+                                                 if label == "pretrain" else {})})
         summary = {**config, "class": class_name, "epochs_done": p["epochs"], "steps": p["epochs"] * steps_per_epoch,
                    "seconds": round(seconds, 2), "images_per_second": round(p["epochs"] * n / max(seconds, 1e-9), 1),
-                   "resumed_from_epoch": start_epoch, "device": str(device), "history": history}
+                   "resumed_from_epoch": start_epoch, "device": str(device), **(initial or {}), "history": history}
         write_json(folder / "training.json", summary, indent=1)
         checkpoint.unlink(missing_ok=True)
         _save_grid(generator, folder / "samples.png", seed, label, device)
@@ -225,19 +313,25 @@ class DCGAN(Augmenter):
     def generate(self, label: int, indices: Sequence[int], sources: Sequence, seed: int) -> list[np.ndarray]:
         import torch
 
-        if label not in self.generators_:
+        sampling = self.samplings_.get(label)
+        keys = [] if sampling is None else [label if g.cluster is None else (label, g.cluster) for g in sampling.groups]
+        if not keys or any(key not in self.generators_ for key in keys):
             raise RuntimeError(f"augmenter {self.name!r} has no generator for class {label}; call fit with that "
                                "class among the chosen ones first")
-        generator = self.generators_[label]
-        device = next(generator.parameters()).device
         side = self.output_sides_[label]
-        out = []
+        out: list = [None] * len(indices)
         with torch.no_grad():
-            for index in indices:
-                # One image per forward pass: a batch-size-dependent kernel choice could change the last bit.
-                z = _latents(seed, label, [index]).to(device)
-                out.append(_resize(_to_uint8(generator(z))[0], side))
+            for group, positions in sampling.split(indices):  # image k's DCGAN: its cluster's, or the class's
+                generator = self.generators_[label if group.cluster is None else (label, group.cluster)]
+                device = next(generator.parameters()).device
+                for i in positions:
+                    # One image per forward pass: a batch-size-dependent kernel choice could change the last bit.
+                    z = _latents(seed, label, [indices[i]]).to(device)
+                    out[i] = _resize(_to_uint8(generator(z))[0], side)
         return out
+
+    def provenance(self, label: int, indices: Sequence[int]) -> list[dict] | None:
+        return self.samplings_[label].provenance(indices)  # the cluster of each image under sampler: cluster
 
     def close(self) -> None:
         self.generators_.clear()

@@ -78,7 +78,7 @@ def augment(train: Sequence[Item], classes: Sequence[str], spec: AugmentSpec, *,
     planned, counts = counts, made_counts(spec, counts)
     sizes = np.bincount([it.label for it in real], minlength=len(classes)).tolist()
 
-    out_dir = Path(generated_dir) / key_of(augmenter.name, augmenter.params, real, seed)
+    out_dir = Path(generated_dir) / key_of(augmenter.name, augmenter.key_params(), real, seed)
     work_dir = Path(generators_dir) / key_of(augmenter.name, augmenter.fit_signature(), real, seed)
     by_class = {c: [it for it in real if it.label == c] for c in range(len(classes))}
     missing = _missing(out_dir, counts)
@@ -226,7 +226,7 @@ def preflight(train: Sequence[Item], classes: Sequence[str], spec: AugmentSpec, 
     package, or (when images remain to be made) an augmenter that cannot reach its weights."""
     augmenter = build_augmenter(spec.type, spec.params)
     real, counts = plan(train, classes, spec, seed)
-    out_dir = Path(generated_dir) / key_of(augmenter.name, augmenter.params, real, seed)
+    out_dir = Path(generated_dir) / key_of(augmenter.name, augmenter.key_params(), real, seed)
     if any(_missing(out_dir, made_counts(spec, counts)).values()):
         augmenter.preflight()
 

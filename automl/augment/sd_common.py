@@ -29,6 +29,7 @@ import numpy as np
 
 from automl import progress as events
 from automl import seeds
+from automl.augment import clusters
 from automl.augment.base import Augmenter, image_seed
 from automl.errors import ConfigError, WeightsUnavailableError
 from automl.params import PRECISIONS, Interval, Options, param_error
@@ -85,8 +86,8 @@ def check_common(name: str, p: dict, default: str = DEFAULT_MODEL) -> None:
 
 
 def check_training(name: str, p: dict) -> None:
-    """What ``TRAINING_CONSTRAINTS`` cannot say."""
-    check_sampler(name, p["sampler"])
+    """What ``TRAINING_CONSTRAINTS`` cannot say; stores the sampler in its canonical form."""
+    p["sampler"] = check_sampler(name, p["sampler"])
 
 
 def check_template(name: str, key: str, template: str, fields: Sequence[str]) -> None:
@@ -206,6 +207,7 @@ class SDAugmenter(Augmenter):
 
     def preflight(self) -> None:
         resolve_model(self.params["model"], self.defaults["model"])
+        clusters.preflight_sampler(self.params.get("sampler", "all"))
 
     def start_fit(self, classes) -> None:
         self.classes_ = list(classes)
@@ -366,23 +368,42 @@ def _sample_random(items: list, arg: str, seed: int) -> list:
     return [items[i] for i in sorted(rng.choice(len(items), size=n, replace=False))]
 
 
-def check_sampler(name: str, spec: str) -> None:
+def check_sampler(name: str, spec: str) -> str:
+    """``spec`` checked, in the form to store: ``cluster`` specs written out whole
+    (``automl.augment.clusters``), others as given."""
     kind, _, arg = spec.partition(":")
+    if kind == clusters.NAME:
+        return clusters.ClusterSampler.parse(spec, f"augmenter {name!r}").text()
     if kind not in SAMPLERS:
         raise ConfigError(f"The 'sampler' parameter of augmenter {name!r} names an unknown sampler {kind!r}; valid: "
-                          f"{', '.join(sorted(SAMPLERS))} (random takes a count: random:20). Got {spec!r} instead.")
+                          f"{', '.join(sorted([*SAMPLERS, clusters.NAME]))} (random takes a count: random:20; cluster "
+                          f"options: cluster:k=4,top=20). Got {spec!r} instead.")
     if kind == "all" and arg:
         raise ConfigError(f"The 'sampler' parameter of augmenter {name!r}: 'all' takes no argument. Got {spec!r}.")
     if kind == "random" and not (arg.isdigit() and int(arg) > 0):
         raise ConfigError(f"The 'sampler' parameter of augmenter {name!r}: random needs a positive count, as in "
                           f"random:20. Got {spec!r} instead.")
+    return spec
 
 
 def sample_items(spec: str, items: Sequence, seed: int) -> list:
-    """The fine-tune images of one class, chosen by ``spec``; independent of the listing order."""
+    """The fine-tune images of one class, chosen by ``spec``; independent of the listing order.
+    ``cluster`` chooses a group per cluster: ``sample_groups``."""
     kind, _, arg = spec.partition(":")
+    if kind == clusters.NAME:
+        raise ValueError("the cluster sampler chooses one group of images per cluster: use sample_groups")
     ordered = sorted(items, key=lambda it: it.fingerprint)
     chosen = SAMPLERS[kind](ordered, arg, seed)
     if not chosen:
         raise ConfigError(f"sampler {spec!r} chose no image out of {len(items)}")
     return chosen
+
+
+def sample_groups(spec: str, items: Sequence, *, label: int, work_dir: Path, seed: int, class_name: str = "",
+                  progress: bool = True) -> clusters.Grouping:
+    """The fine-tune groups of one class: one per kept cluster for ``cluster`` (embedded and clustered
+    under ``work_dir``, reused by a re-run), else one, ``sample_items``."""
+    if clusters.is_cluster(spec):
+        return clusters.ClusterSampler.parse(spec).groups(items, label=label, work_dir=work_dir, seed=seed,
+                                                          class_name=class_name, progress=progress)
+    return clusters.Grouping.whole(label, sample_items(spec, items, seed))

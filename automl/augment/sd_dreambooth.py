@@ -16,6 +16,9 @@ images (DreamBooth, Ruiz et al. 2023), then generate new images of each class.
 
 A fine-tune is saved in work_dir (a folder per class, or one per class group) atomically; a second
 run, or a generation-only change (guidance, steps, prompt, batch size), loads it instead of training.
+With ``sampler: cluster`` (single-class mode) there is one fine-tune per kept cluster of a class,
+``class-<label>-cluster-<id>-<digest>-<hash>/``, each on the cluster's images nearest its centroid,
+and image k of the class comes from its cluster's (``automl.augment.clusters``).
 """
 
 from __future__ import annotations
@@ -27,13 +30,14 @@ from typing import Sequence
 import numpy as np
 
 from automl.augment.base import register
+from automl.augment.clusters import is_cluster, write_summary
 from automl.augment.sd_common import (COMMON, COMMON_CONSTRAINTS, REQUIRES, TRAINING_CONSTRAINTS, SDAugmenter,
                                       check_common, check_training, check_template, class_noun, fill, generate_images,
-                                      image_seed, quiet_loading, release, sample_items, warn_cpu, inference_dtype)
+                                      image_seed, quiet_loading, release, sample_groups, warn_cpu, inference_dtype)
 from automl.augment.sd_train import (auto_steps, class_images, generation_pipeline, is_done, load_components,
                                      save_atomic, short_hash, train as train_model)
 from automl.errors import ConfigError
-from automl.params import Interval, Options
+from automl.params import Interval, Options, param_error
 
 # Rare tokens with little meaning to CLIP (the DreamBooth paper's "sks" first); one per class in multi-class mode.
 IDENTIFIERS = ["sks", "zwx", "qrb", "vjl", "kxp", "ymt", "dfw", "hqz"]
@@ -58,7 +62,7 @@ _TRAINING = {
     "steps_per_image": 80,
     "max_train_steps": 1200,
     "train_batch_size": 1,
-    "sampler": "all",  # which training images a fine-tune sees: all, random:N
+    "sampler": "all",  # which training images a fine-tune sees: all, random:N, cluster[:k=4,...] (one per cluster)
     "memory_savers": "auto",  # gradient checkpointing, 8-bit Adam, xformers: auto = on with CUDA
 }
 # Everything that changes the fine-tune; generation-only parameters stay out so changing them reuses it.
@@ -93,6 +97,10 @@ class SDDreamBooth(SDAugmenter):
                               f"rare identifier the fine-tune binds to the class). Got {p['instance_prompt']!r}.")
         check_template(self.name, "class_prompt", p["class_prompt"], ["class"])
         check_training(self.name, p)
+        if p["mode"] == "multi-class" and is_cluster(p["sampler"]):
+            raise param_error(f"augmenter {self.name!r}", "sampler", "all or random:N in multi-class mode (one "
+                              "fine-tune over every class has no per-class clusters)", p["sampler"],
+                              "Fix: mode: single-class for a fine-tune per cluster.")
 
     # ------------------------------------------------------------ fit
 
@@ -100,7 +108,7 @@ class SDDreamBooth(SDAugmenter):
         p = self.params
         self.start_fit(classes)
         self.work_dir_ = Path(work_dir)
-        self.models_: dict[int, Path] = {}
+        self.models_: dict = {}  # class -> its fine-tune; (class, cluster id) -> a cluster's
         self.gen_ = None
         multi = p["mode"] == "multi-class"
         if multi and max(chosen, default=0) >= len(p["identifiers"]):
@@ -108,14 +116,25 @@ class SDDreamBooth(SDAugmenter):
                               f"{len(p['identifiers'])} given ({', '.join(p['identifiers'])}) for class index "
                               f"{max(chosen)}. Fix: list at least {max(chosen) + 1} rare words in identifiers.")
         prompts = {c: self.instance_prompt(c) for c in chosen}
+        self.samplings_ = {c: sample_groups(p["sampler"], train[c], label=c, work_dir=self.work_dir_, seed=seed,
+                                            class_name=classes[c], progress=progress) for c in chosen}
+        for c in chosen:  # sampler: cluster (single-class only): a fine-tune per kept cluster, models_[c, id]
+            for part in self.samplings_[c].groups if self.samplings_[c].clustered else ():
+                found = self.work_dir_ / f"class-{c}-{part.tag}-{short_hash(prompts[c], c)}"
+                if not is_done(found):
+                    self._fine_tune(found, [c], {c: part.items}, prompts, seed, progress, cluster=part.cluster)
+                self.models_[c, part.cluster] = found
+        chosen = [c for c in chosen if not self.samplings_[c].clustered]
         for group in ([list(chosen)] if multi else [[c] for c in chosen]):
             prefix = "multi" if multi else "class"
             found = self._find(prefix, {c: prompts[c] for c in group})
             if found is None:
                 found = self.work_dir_ / f"{prefix}-{'-'.join(map(str, group))}-{short_hash(prompts, group)}"
-                self._fine_tune(found, group, train, prompts, seed, progress)
+                self._fine_tune(found, group, {c: self.samplings_[c].groups[0].items for c in group}, prompts, seed,
+                                progress)
             for c in group:
                 self.models_[c] = found
+        write_summary(self.work_dir_, classes, self.samplings_)
 
     def token(self, label: int) -> str:
         ids = self.params["identifiers"]
@@ -134,14 +153,14 @@ class SDDreamBooth(SDAugmenter):
                     return folder
         return None
 
-    def _fine_tune(self, target: Path, group: list[int], train, prompts: dict[int, str], seed: int,
-                   progress: bool) -> None:
+    def _fine_tune(self, target: Path, group: list[int], sampled: dict, prompts: dict[int, str], seed: int,
+                   progress: bool, cluster: int | None = None) -> None:
+        """Fine-tune on ``sampled`` (class -> the training Items its sampler chose) into ``target``."""
         p = self.params
         R = p["resolution"]
         instance, prior = [], []
         for c in group:
-            items = sample_items(p["sampler"], train[c], seed)
-            instance += [(it.load(R), prompts[c]) for it in items]
+            instance += [(it.load(R), prompts[c]) for it in sampled[c]]
             if p["prior_preservation"]:
                 text = fill(p["class_prompt"], **{"class": class_noun(self.classes_[c])})
                 images = class_images(self.folder_, self.work_dir_ / "prior-images" / short_hash(text, c), text,
@@ -159,7 +178,7 @@ class SDDreamBooth(SDAugmenter):
                      desc=f"{self.name} {names}", progress=progress, batch_size=p["train_batch_size"])
         meta = {"prompts": {str(c): prompts[c] for c in group}, "instance_images": len(instance),
                 "class_images": len(prior), "training": info, "augmenter": self.name,
-                "params": self.fit_signature()}
+                "params": self.fit_signature(), **({} if cluster is None else {"cluster": cluster})}
         save_atomic(target, lambda tmp: self.save(parts, tmp), meta)
         del parts
         release()
@@ -198,16 +217,27 @@ class SDDreamBooth(SDAugmenter):
 
     def generate(self, label: int, indices: Sequence[int], sources: Sequence, seed: int) -> list[np.ndarray]:
         p = self.params
-        model = self.models_[label]
-        if self.gen_ is None or self.gen_[0] != model:
-            self.gen_ = None
-            release()
-            warn_cpu(self.device_, f"{self.name} generation")
-            self.gen_ = (model, self.pipeline(model))
         prompt = fill(p["prompt"] or p["instance_prompt"], token=self.token(label),
                       **{"class": class_noun(self.classes_[label])})
-        return generate_images(self, self.gen_[1], prompt, label, indices, seed, height=p["resolution"],
-                               width=p["resolution"])
+        out: list = [None] * len(indices)
+        # Image k's fine-tune: its cluster's, or the class's.
+        parts = [(self.models_[label] if part.cluster is None else self.models_[label, part.cluster], positions)
+                 for part, positions in self.samplings_[label].split(indices)]
+        parts.sort(key=lambda part: self.gen_ is None or part[0] != self.gen_[0])  # the loaded fine-tune first
+        for model, positions in parts:
+            if self.gen_ is None or self.gen_[0] != model:
+                self.gen_ = None
+                release()
+                warn_cpu(self.device_, f"{self.name} generation")
+                self.gen_ = (model, self.pipeline(model))
+            images = generate_images(self, self.gen_[1], prompt, label, [indices[i] for i in positions], seed,
+                                     height=p["resolution"], width=p["resolution"])
+            for i, image in zip(positions, images):
+                out[i] = image
+        return out
+
+    def provenance(self, label: int, indices: Sequence[int]) -> list[dict] | None:
+        return self.samplings_[label].provenance(indices)  # the cluster of each image under sampler: cluster
 
     def close(self) -> None:
         self.gen_ = None

@@ -5,7 +5,9 @@ Only the new token's embedding trains (every other row of the text encoder's emb
 restored after each step); the UNet, VAE and the rest of the text encoder stay the base model's. The
 embedding starts from the class noun's (the mean of its tokens), or from ``initializer``. Each
 class's learned vector is a small safetensors file in work_dir. SD 1.x/2.x bases (SDXL's two text
-encoders are not handled).
+encoders are not handled). With ``sampler: cluster`` a vector is learned per kept cluster of a class
+(``class-<label>-cluster-<id>-<digest>-<hash>/``) and image k of the class uses its cluster's
+(``automl.augment.clusters``).
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ import numpy as np
 
 from automl import seeds
 from automl.augment.base import register
+from automl.augment.clusters import write_summary
 from automl.augment.sd_common import (COMMON, COMMON_CONSTRAINTS, REQUIRES, TRAINING_CONSTRAINTS, SDAugmenter,
                                       check_common, check_training, check_template, class_noun, fill, generate_images,
-                                      image_seed, is_sdxl, release, sample_items, warn_cpu)
+                                      image_seed, is_sdxl, release, sample_groups, warn_cpu)
 from automl.augment.sd_train import (auto_steps, generation_pipeline, is_done, load_components, save_atomic,
                                      short_hash, train as train_model)
 from automl.errors import ConfigError
@@ -43,7 +46,7 @@ class SDTextualInversion(SDAugmenter):
         "steps_per_image": 100,
         "max_train_steps": 3000,
         "train_batch_size": 1,
-        "sampler": "all",
+        "sampler": "all",  # all, random:N, cluster[:k=4,...] (a vector per cluster)
         "memory_savers": "auto",
     }
     constraints = {**COMMON_CONSTRAINTS, **TRAINING_CONSTRAINTS}
@@ -83,16 +86,24 @@ class SDTextualInversion(SDAugmenter):
         if len(set(tokens)) != len(tokens):
             raise ConfigError(f"augmenter {self.name!r}: placeholder {p['placeholder']!r} makes the same token for "
                               f"two classes ({tokens}); use {{class}} in it.")
-        self.embeds_: dict[int, Path] = {}
+        self.embeds_: dict = {}  # class -> its vector's folder; (class, cluster id) -> a cluster's
+        self.loaded_: dict[str, Path] = {}  # token -> the folder whose vector the pipeline holds
         self.pipe_ = None
+        self.samplings_ = {}
         for c in chosen:
             init = p["initializer"] or class_noun(classes[c])
-            folder = Path(work_dir) / f"class-{c}-{short_hash(self.token(c), init, classes[c])}"
-            if not is_done(folder):
-                self._learn(folder, c, train[c], init, seed, progress)
-            self.embeds_[c] = folder
+            self.samplings_[c] = sample_groups(p["sampler"], train[c], label=c, work_dir=Path(work_dir), seed=seed,
+                                               class_name=classes[c], progress=progress)
+            for part in self.samplings_[c].groups:
+                folder = Path(work_dir) / f"class-{c}-{part.tag + '-' if part.tag else ''}" \
+                                          f"{short_hash(self.token(c), init, classes[c])}"
+                if not is_done(folder):
+                    self._learn(folder, c, part.items, init, seed, progress)
+                self.embeds_[c if part.cluster is None else (c, part.cluster)] = folder
+        write_summary(Path(work_dir), classes, self.samplings_)
 
     def _learn(self, folder: Path, label: int, items, init: str, seed: int, progress: bool) -> None:
+        """Learn the class's token on ``items`` (the training Items its sampler chose) into ``folder``."""
         import torch
         from safetensors.torch import save_file
 
@@ -122,7 +133,7 @@ class SDTextualInversion(SDAugmenter):
             weight[keep] = original[keep].to(weight.device, weight.dtype)
 
         rng = seeds.rng(seed, "augment", label, "prompts")
-        images = [it.load(p["resolution"]) for it in sample_items(p["sampler"], items, seed)]
+        images = [it.load(p["resolution"]) for it in items]
         # Each image gets a fixed template drawn once, so the data do not depend on the step count.
         instance = [(im, fill(p["training_prompts"][rng.integers(len(p["training_prompts"]))], token=token,
                               **{"class": noun})) for im in images]
@@ -139,28 +150,41 @@ class SDTextualInversion(SDAugmenter):
         del parts, encoder, table, original
         release()
 
-    def _pipe_with(self, label: int):
+    def _pipe_with(self, label: int, folder: Path):
+        """The generation pipeline with the class's token holding the vector learned in ``folder``."""
         import torch
         from safetensors.torch import load_file
 
         if self.pipe_ is None:
             warn_cpu(self.device_, f"{self.name} generation")
             self.pipe_ = generation_pipeline(self.folder_, self.device_, self.params["precision"])
+            self.loaded_ = {}
         pipe, token = self.pipe_, self.token(label)
         if token not in pipe.tokenizer.get_vocab():
-            vector = load_file(str(self.embeds_[label] / "learned_embeds.safetensors"))[token]
             pipe.tokenizer.add_tokens(token)
             pipe.text_encoder.resize_token_embeddings(len(pipe.tokenizer))
+        if self.loaded_.get(token) != folder:  # a class's clusters share its token, each with its own vector
+            vector = load_file(str(folder / "learned_embeds.safetensors"))[token]
             weight = pipe.text_encoder.get_input_embeddings().weight
             with torch.no_grad():
                 weight[pipe.tokenizer.convert_tokens_to_ids(token)] = vector.to(weight.device, weight.dtype)
+            self.loaded_[token] = folder
         return pipe
 
     def generate(self, label: int, indices: Sequence[int], sources: Sequence, seed: int) -> list[np.ndarray]:
         p = self.params
-        pipe = self._pipe_with(label)
         prompt = fill(p["prompt"], token=self.token(label), **{"class": class_noun(self.classes_[label])})
-        return generate_images(self, pipe, prompt, label, indices, seed, height=p["resolution"], width=p["resolution"])
+        out: list = [None] * len(indices)
+        for part, positions in self.samplings_[label].split(indices):  # image k's vector: its cluster's or the class's
+            pipe = self._pipe_with(label, self.embeds_[label if part.cluster is None else (label, part.cluster)])
+            images = generate_images(self, pipe, prompt, label, [indices[i] for i in positions], seed,
+                                     height=p["resolution"], width=p["resolution"])
+            for i, image in zip(positions, images):
+                out[i] = image
+        return out
+
+    def provenance(self, label: int, indices: Sequence[int]) -> list[dict] | None:
+        return self.samplings_[label].provenance(indices)  # the cluster of each image under sampler: cluster
 
     def close(self) -> None:
         self.pipe_ = None

@@ -438,6 +438,7 @@ def _map_png(path: Path) -> bytes:
 
 
 def _augmentation_section(ev, out_dir: Path) -> str:
+    from automl.augment.clusters import SUMMARY_COLUMNS, read_summary, summary_rows
     from automl.report.evidence import load_png, short_name, synthetic_samples
     from automl.report.figures import thumbnail
 
@@ -445,6 +446,12 @@ def _augmentation_section(ev, out_dir: Path) -> str:
     rows = [(k.replace("_", " "), filter_summary(aug) if k == "filter" else
              json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in aug.items()]
     parts = [_kv(rows)]
+    clusters = read_summary(aug.get("generator_folder"))  # sampler: cluster (automl.augment.clusters)
+    if clusters:
+        parts.append(_table(SUMMARY_COLUMNS, summary_rows(clusters), numeric=(2, 3, 4, 5), caption=(
+            "Clusters of each class's training images (sampler: cluster): a generator was fine-tuned on each kept "
+            "cluster's images nearest its centroid, and the class's synthetic images split over the kept clusters "
+            "by size; each image's record names its cluster")))
     if ev.baseline is not None:
         parts.append(_side_by_side(ev.baseline, ev.record))
         parts.append(f"<p>The original-data run: {_run_link(out_dir, ev.folder.parent, ev.baseline.id)}.</p>")
