@@ -1,5 +1,5 @@
 """Numpy-only augmenters for the framework's tests: fast, deterministic, and observable (they record
-every image they are handed)."""
+every image they are handed); and a tiny Keras backbone for tests of what surrounds one."""
 
 from __future__ import annotations
 
@@ -59,3 +59,12 @@ class Blobs(Augmenter):
 for _cls in (Shift, Blobs):
     if _cls.name not in AUGMENTERS:
         register(_cls)
+
+
+def tiny_keras_model(self, keras, weights, size, seed):
+    """``Backbone.keras_model`` for tests about the training around a backbone (pretraining's images,
+    checkpoints): one strided convolution, batch norm and pooling, seeded; trains in milliseconds."""
+    keras.utils.set_random_seed(int(seed))
+    return keras.Sequential([keras.Input((size, size, 3)), keras.layers.Conv2D(8, 5, strides=4, name="conv"),
+                             keras.layers.BatchNormalization(name="bn"),
+                             keras.layers.GlobalAveragePooling2D(name="pool")], name="tiny")

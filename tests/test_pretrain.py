@@ -6,17 +6,16 @@ Random weights (`--weights none`) and 75 px images keep each training test to we
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import numpy as np
 import pytest
 from PIL import Image
 
+import fakes
 from automl.recipe import RecipeError, parse_recipe
 from conftest import ROOT, class_folders, run_cli
 
@@ -128,32 +127,42 @@ def test_store_names_resolve_in_recipes_and_unknown_names_list_them(tmp_path):
     assert "Did you mean 'chest-v3'?" in message
 
 
-def test_killed_pretraining_resumes_from_its_checkpoint(data, tmp_path, capsys):
-    """SIGKILL a pretraining process after its first epoch's checkpoint; the rerun continues from it."""
+def test_killed_pretraining_resumes_from_its_checkpoint(data, tmp_path, capsys, monkeypatch):
+    """A pretraining process SIGKILLed while writing its second epoch's checkpoint (the weights written,
+    state.json not yet): the rerun continues after the first epoch, and trains only what was not
+    committed. A tiny backbone (tests/fakes.py) stands in: what is tested is the checkpoint, not it."""
+    from automl.extractors.backbone import Backbone
+
     store = tmp_path / "store"
     args = ["pretrain", str(data), *TRAIN, "--epochs", "3", "--patience", "5", "--store", str(store),
             "--name", "resumed"]
     script = textwrap.dedent(f"""
-        import sys; sys.path[:0] = [{str(ROOT)!r}]
+        import os, signal, sys; sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / "tests")!r}]
+        import fakes
+        import automl.pretrain as pt
+        from automl.extractors.backbone import Backbone
         from cli import main
+        Backbone.keras_model = fakes.tiny_keras_model
+        real = pt._save_weights
+
+        def dying(model, folder, name):
+            if name == "last-2":  # epoch 2's best weights are written, its state.json never is
+                os.kill(os.getpid(), signal.SIGKILL)
+            return real(model, folder, name)
+
+        pt._save_weights = dying
         main({args!r})
     """)
-    proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    states = []
-    while not states:
-        assert proc.poll() is None, "the pretraining process ended before it could be killed"
-        assert time.time() < deadline, "no checkpoint appeared"
-        time.sleep(0.05)
-        states = list((store / "extractors").glob(".pretrain-resumed-*/state.json"))
-    os.kill(proc.pid, signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    states = list((store / "extractors").glob(".pretrain-resumed-*/state.json"))
+    assert len(states) == 1
     assert not (store / "extractors" / "resumed.keras").exists()
     before = json.loads(states[0].read_text())
     done = before["epoch"]
-    assert 1 <= done < 3
+    assert done == 1
 
+    monkeypatch.setattr(Backbone, "keras_model", fakes.tiny_keras_model)
     code, out, err = run_cli(capsys, *args)
     assert code == 0, err
     assert f"resuming from the checkpoint after epoch {done}" in out

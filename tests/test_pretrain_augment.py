@@ -28,13 +28,7 @@ SHIFT = ("--augment", "test-shift", "--classes", "all", "--ratio", "1")
 def tiny_backbone(monkeypatch):
     from automl.extractors.backbone import Backbone
 
-    def keras_model(self, keras, weights, size, seed):
-        keras.utils.set_random_seed(int(seed))
-        return keras.Sequential([keras.Input((size, size, 3)), keras.layers.Conv2D(8, 5, strides=4, name="conv"),
-                                 keras.layers.BatchNormalization(name="bn"),
-                                 keras.layers.GlobalAveragePooling2D(name="pool")], name="tiny")
-
-    monkeypatch.setattr(Backbone, "keras_model", keras_model)
+    monkeypatch.setattr(Backbone, "keras_model", fakes.tiny_keras_model)
     fakes.Shift.seen.clear()
 
 
