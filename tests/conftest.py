@@ -113,6 +113,18 @@ def class_folders(root: Path, counts: dict[str, int], *, seed=0, size=(20, 16), 
 
 
 @pytest.fixture
+def one_torch_thread():
+    """Torch on one thread for the test: tiny networks run faster so, and far faster when other jobs
+    share the cores."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def folder_dataset(tmp_path) -> Path:
     return class_folders(tmp_path / "data", {"cat": 6, "dog": 5})
 

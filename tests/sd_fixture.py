@@ -17,26 +17,35 @@ CONFIG = Path(__file__).resolve().parents[2] / "shared" / "models" / "sd15-confi
 TINY_PX = 32  # image size; the two-level VAE below halves it for the latents
 
 
-def build_tiny_sd(folder: Path, config: Path = CONFIG, seed: int = 0) -> Path:
+def _tiny_unet_vae(config: Path, cross_attention_dim: int, seed: int) -> tuple:
+    """The tiny UNet (seeded by ``seed``) and VAE (``seed + 1``) every SD 1.x layout here shares."""
     import torch
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from diffusers import AutoencoderKL, UNet2DConditionModel
 
     unet_cfg = json.loads((config / "unet" / "config.json").read_text())
     vae_cfg = json.loads((config / "vae" / "config.json").read_text())
-    text_cfg = json.loads((config / "text_encoder" / "config.json").read_text())
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
         sample_size=TINY_PX // 2, in_channels=unet_cfg["in_channels"], out_channels=unet_cfg["out_channels"],
         block_out_channels=(32, 64), layers_per_block=1, attention_head_dim=8, norm_num_groups=32,
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32, act_fn=unet_cfg["act_fn"], flip_sin_to_cos=unet_cfg["flip_sin_to_cos"],
+        cross_attention_dim=cross_attention_dim, act_fn=unet_cfg["act_fn"], flip_sin_to_cos=unet_cfg["flip_sin_to_cos"],
         freq_shift=unet_cfg["freq_shift"])
     torch.manual_seed(seed + 1)
     vae = AutoencoderKL(
         block_out_channels=(32, 64), in_channels=3, out_channels=3, latent_channels=vae_cfg["latent_channels"],
         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
         layers_per_block=1, norm_num_groups=32, sample_size=TINY_PX)
+    return unet, vae
+
+
+def build_tiny_sd(folder: Path, config: Path = CONFIG, seed: int = 0) -> Path:
+    import torch
+    from diffusers import PNDMScheduler, StableDiffusionPipeline
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    text_cfg = json.loads((config / "text_encoder" / "config.json").read_text())
+    unet, vae = _tiny_unet_vae(config, 32, seed)
     tokenizer = CLIPTokenizer.from_pretrained(config / "tokenizer")
     torch.manual_seed(seed + 2)
     text_encoder = CLIPTextModel(CLIPTextConfig(
@@ -89,26 +98,12 @@ def build_tiny_sd_variations(folder: Path, config: Path = CONFIG, seed: int = 0)
     tiny scale; the UNet and VAE shapes are build_tiny_sd's, the image encoder follows diffusers' own
     image-variation test components, the feature extractor the shared SD 1.5 one at TINY_PX."""
     import torch
-    from diffusers import (AutoencoderKL, PNDMScheduler, StableDiffusionImageVariationPipeline,
-                           UNet2DConditionModel)
+    from diffusers import PNDMScheduler, StableDiffusionImageVariationPipeline
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    unet_cfg = json.loads((config / "unet" / "config.json").read_text())
-    vae_cfg = json.loads((config / "vae" / "config.json").read_text())
     processor_cfg = json.loads((config / "feature_extractor" / "preprocessor_config.json").read_text())
     embed_dim = 32
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        sample_size=TINY_PX // 2, in_channels=unet_cfg["in_channels"], out_channels=unet_cfg["out_channels"],
-        block_out_channels=(32, 64), layers_per_block=1, attention_head_dim=8, norm_num_groups=32,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=embed_dim, act_fn=unet_cfg["act_fn"], flip_sin_to_cos=unet_cfg["flip_sin_to_cos"],
-        freq_shift=unet_cfg["freq_shift"])
-    torch.manual_seed(seed + 1)
-    vae = AutoencoderKL(
-        block_out_channels=(32, 64), in_channels=3, out_channels=3, latent_channels=vae_cfg["latent_channels"],
-        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-        layers_per_block=1, norm_num_groups=32, sample_size=TINY_PX)
+    unet, vae = _tiny_unet_vae(config, embed_dim, seed)
     torch.manual_seed(seed + 2)
     image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(
         hidden_size=32, projection_dim=embed_dim, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,

@@ -21,15 +21,7 @@ from conftest import ROOT, class_folders
 TINY_GAN = {"epochs": 2, "batch_size": 4, "width": 4, "output_size": 40}
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """The networks here are tiny: one thread is faster, and far faster when other jobs share the cores."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny networks: one thread is faster
 
 
 @pytest.fixture

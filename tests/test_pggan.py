@@ -23,14 +23,7 @@ from conftest import ROOT, class_folders
 TINY = {"max_size": 16, "images_per_phase": 32, "batch_size": 8, "width": 8, "output_size": 24}
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny networks: one thread is faster
 
 
 @pytest.fixture

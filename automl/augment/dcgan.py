@@ -418,8 +418,9 @@ def _save_checkpoint(path: Path, state: dict) -> None:
     _torch_save(path, state)
 
 
-def _load_checkpoint(path: Path, config: dict) -> dict | None:
-    """The checkpoint of this exact training, else None (a damaged or foreign one is discarded)."""
+def _load_checkpoint(path: Path, config: dict, what: str = "DCGAN") -> dict | None:
+    """The checkpoint of this exact training (``what``'s, for the warning), else None (a damaged or
+    foreign one is discarded)."""
     import torch
 
     if not path.is_file():
@@ -431,7 +432,7 @@ def _load_checkpoint(path: Path, config: dict) -> dict | None:
         reason = "it belongs to other settings"
     except Exception as exc:
         reason = f"it cannot be read: {exc}"
-    warnings.warn(f"discarding DCGAN checkpoint {path} ({reason}); training from the start", stacklevel=2)
+    warnings.warn(f"discarding {what} checkpoint {path} ({reason}); training from the start", stacklevel=2)
     path.unlink(missing_ok=True)
     return None
 

@@ -79,6 +79,7 @@ from automl import seeds
 from automl._files import remove_stale_temporaries, write_json
 from automl.augment.base import Augmenter, image_seed, register
 from automl.augment.clusters import preflight_sampler, write_summary
+from automl.augment.dcgan import _load_checkpoint, _resize, _threads, _to_uint8, _torch_save
 from automl.augment.sd_common import check_sampler, sample_groups
 from automl.errors import ConfigError, DataError
 from automl.params import Interval, Options, param_error
@@ -163,7 +164,6 @@ class PGGAN(Augmenter):
             seed: int, progress: bool = True) -> None:
         import torch
 
-        from automl.augment.dcgan import _threads
 
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         p = self.params
@@ -247,7 +247,7 @@ class PGGAN(Augmenter):
 
         folder, schedule = job.folder, job.schedule
         checkpoint = folder / "checkpoint.pt"
-        state = _load_checkpoint(checkpoint, job.config)
+        state = _load_checkpoint(checkpoint, job.config, "PGGAN")
         first_phase, first_step, history, seconds_before = 0, 0, [], 0.0
         if state is not None:
             generator.load_state_dict(state["generator"])
@@ -348,7 +348,6 @@ class PGGAN(Augmenter):
     def generate(self, label: int, indices: Sequence[int], sources: Sequence, seed: int) -> list[np.ndarray]:
         import torch
 
-        from automl.augment.dcgan import _resize, _to_uint8
 
         sampling = None if self.params["conditional"] else self.samplings_.get(label)
         keys = [label] if sampling is None else [label if g.cluster is None else (label, g.cluster)
@@ -715,7 +714,6 @@ class _Pretrain:
         """The pretrained ``generator`` (moving average), ``train_generator`` and ``discriminator`` state
         dicts, and the moving average's ``digest``."""
         if self._networks is None:
-            from automl.augment.dcgan import _threads
 
             saved = _finished(self.folder, self.config, device, whole=True)
             if saved is None:
@@ -758,30 +756,6 @@ def _finished(folder: Path, config: dict, device, whole: bool = False):
     return generator
 
 
-def _torch_save(path: Path, obj) -> None:
-    from automl.augment.dcgan import _torch_save as save
-
-    save(path, obj)
-
-
-def _load_checkpoint(path: Path, config: dict) -> dict | None:
-    """The checkpoint of this exact training, else None (a damaged or foreign one is discarded)."""
-    import torch
-
-    if not path.is_file():
-        return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if state.get("config") == config:
-            return state
-        reason = "it belongs to other settings"
-    except Exception as exc:
-        reason = f"it cannot be read: {exc}"
-    warnings.warn(f"discarding PGGAN checkpoint {path} ({reason}); training from the start", stacklevel=2)
-    path.unlink(missing_ok=True)
-    return None
-
-
 def _latents(seed: int, label, indices: Sequence[int], latent: int):
     import torch
 
@@ -796,7 +770,6 @@ def _save_grid(generator, path: Path, seed: int, job: _Job, device, columns: int
     from PIL import Image
 
     from automl._files import atomic_write
-    from automl.augment.dcgan import _to_uint8
 
     rows = list(range(job.n_classes)) if job.n_classes else [None] * columns
     with torch.no_grad():
