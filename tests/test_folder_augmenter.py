@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from automl.augment import build_augmenter
-from automl.augment.generate import augment
+from automl.augment.generate import augment, preflight
 from automl.augment.plan import AugmentSpec
 from automl.data import load_dataset
 from automl.errors import ConfigError, DataError
@@ -168,6 +168,10 @@ def test_too_few_images_for_the_ratio_is_refused(data, tmp_path):
     message = str(exc.value)
     assert "at least 6 synthetic images of class 'small'" in message and "holds 4 usable ones" in message
     assert "lower the ratio to at most 1.33" in message and "none is used twice" in message
+    # The fit's preflight says so before the baseline's search, from the plan's counts.
+    spec = AugmentSpec(type="folder", ratio=2.0, params={"path": str(folder)})
+    with pytest.raises(ConfigError, match="asks for 6 synthetic images of class 'small'.*at most 1.33"):
+        preflight(train_of(data), data.classes, spec, generated_dir=tmp_path / "store" / "generated")
 
 
 def test_a_missing_or_empty_folder_is_refused_by_preflight(tmp_path):

@@ -91,6 +91,10 @@ class Augmenter:
         """Check in seconds that ``fit`` and ``generate`` can run (e.g. the weights are reachable),
         raising the error they would raise; called before a fit spends any time on its baseline."""
 
+    def check_plan(self, counts: Mapping[str, int], sizes: Mapping[str, int]) -> None:
+        """Optional: refuse, before any work, a plan this augmenter cannot make: ``counts`` maps each
+        chosen class's name to the images to make, ``sizes`` to its real training images."""
+
     def fit(self, train: Mapping[int, Sequence], classes: Sequence[str], chosen: Sequence[int], work_dir: Path,
             seed: int, progress: bool = True) -> None:
         """Learn from ``train`` (class index -> training ``Item``s; the test split is never in it)

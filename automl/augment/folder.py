@@ -8,8 +8,8 @@ suffixes a dataset folder takes). Nothing is learned, and the plan works as for 
 k-th file of ``DIR/<c>`` in the order of its path relative to that folder, so the same folder gives
 the same images whatever order the file system lists them in, and a larger ratio only adds images.
 No image is repeated: a plan that asks for more images of a class than its folder holds is refused,
-naming the class, both counts and the ratio that fits (when the first image beyond the folder is
-asked for: the augmenter is not told the plan's counts before).
+naming the class, both counts and the ratio that fits, by the fit's preflight before the baseline
+(``check_plan``; a file found unreadable later can still fall short, said when that image is asked for).
 
 Sources, the training image(s) each image was made from (the search keeps an image off the training
 side of every fold whose validation side holds one of them; ``automl.search.cv_splits``):
@@ -134,6 +134,15 @@ class Folder(Augmenter):
                             f"images in a folder named after the class, e.g. {root / '<class>'}/.")
         self._csv_path(root)
 
+    def check_plan(self, counts, sizes) -> None:
+        """More images asked of a class than its folder holds: refused before the baseline (a file
+        that turns out unreadable can still fall short at generation, where ``_files`` says so)."""
+        root = self._root()
+        for name, n in counts.items():
+            held = len(_image_files(root / name)[0]) if (root / name).is_dir() else 0
+            if 0 < held < n:
+                raise ConfigError(_too_few(self.name, name, n, held, sizes.get(name, 0), root))
+
     # --- fit: list, check, and read the sources --------------------------------------------------------
 
     def fit(self, train, classes, chosen, work_dir, seed, progress=True) -> None:
@@ -226,13 +235,9 @@ class Folder(Augmenter):
             raise RuntimeError(f"augmenter {self.name!r}: class {label} was not among the classes fitted")
         beyond = [k for k in indices if k >= len(files)]
         if beyond:
-            name, n_real = self.classes_[label], max(1, self.n_real_[label])
-            most = int(len(files) * 1000 / n_real) / 1000  # rounded down: round(most x n_real) still fits
-            raise ConfigError(
-                f"augmenter {self.name!r}: the plan asks for at least {max(beyond) + 1} synthetic images of class "
-                f"{name!r}, but {self.root_ / name} holds {len(files)} usable ones, and none is used twice. Fix: "
-                f"lower the ratio to at most {most:g} (class {name!r} has {n_real} real training images; ratio R "
-                f"asks for R x {n_real}; with a filter, its pool multiplies that), or add images to the folder.")
+            name = self.classes_[label]
+            raise ConfigError(_too_few(self.name, name, max(beyond) + 1, len(files), self.n_real_[label], self.root_,
+                                       "at least "))
         return [files[k] for k in indices]
 
     def generate(self, label: int, indices: Sequence[int], sources: Sequence, seed: int) -> list[np.ndarray]:
@@ -335,3 +340,14 @@ def contents_digest(root: Path, csv_path: Path | None = None) -> str:
         _DIGESTS.clear()
     _DIGESTS[key] = digest = h.hexdigest()
     return digest
+
+
+def _too_few(augmenter: str, name: str, asked: int, held: int, n_real: int, root: Path, qualifier: str = "") -> str:
+    """The refusal of a plan that asks ``asked`` images of class ``name`` of a folder holding ``held``."""
+    n_real = max(1, n_real)
+    most = int(held * 1000 / n_real) / 1000  # rounded down: round(most x n_real) still fits
+    return (f"augmenter {augmenter!r}: the plan asks for {qualifier}{asked} synthetic images of class {name!r}, but "
+            f"{root / name} holds {held} usable ones, and none is used twice. Fix: lower the ratio to at most "
+            f"{most:g} (class {name!r} has {n_real} real training images; ratio R asks for R x {n_real}; with a "
+            "filter, its pool multiplies that), or add images to the folder.")
+

@@ -226,8 +226,11 @@ def preflight(train: Sequence[Item], classes: Sequence[str], spec: AugmentSpec, 
     package, or (when images remain to be made) an augmenter that cannot reach its weights."""
     augmenter = build_augmenter(spec.type, spec.params)
     real, counts = plan(train, classes, spec, seed)
+    made = made_counts(spec, counts)
+    sizes = Counter(it.label for it in real)
+    augmenter.check_plan({classes[c]: n for c, n in made.items()}, {classes[c]: sizes[c] for c in made})
     out_dir = Path(generated_dir) / key_of(augmenter.name, augmenter.key_params(), real, seed)
-    if any(_missing(out_dir, made_counts(spec, counts)).values()):
+    if any(_missing(out_dir, made).values()):
         augmenter.preflight()
 
 
