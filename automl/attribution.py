@@ -787,8 +787,9 @@ def _safe(text: str, limit: int) -> str:
 
 def _grid_items(record, folder: Path, per_class: int) -> list[tuple]:
     """Per augmented class: up to ``per_class`` synthetic images of the run's augmentation (the first
-    ones made) and as many real training images — the synthetic ones' sources first, where the
+    ones that trained) and as many real training images — the synthetic ones' sources first, where the
     augmenter used one, then training images spread over the class."""
+    from automl.augment.generate import trained_indices
     from automl.data import load_images
 
     aug = record.augment
@@ -806,7 +807,7 @@ def _grid_items(record, folder: Path, per_class: int) -> list[tuple]:
             continue
         label = record.classes.index(name)
         synthetic, sources = [], []
-        for k in range(min(per_class, int(count))):
+        for k in trained_indices(aug, name)[:per_class]:  # a filter's choice, where it made one
             try:
                 rec = json.loads((root / str(label) / f"{k:06d}.json").read_text())
             except (OSError, ValueError):

@@ -157,13 +157,12 @@ def _pick(record, folder: Path, per_class: int, seed: int) -> tuple[list[dict], 
         raise StoreError(f"the synthetic images of run {record.id} were in {root}, which is not there any more; fit "
                          f"the run again (`automl run {folder / 'recipe.yaml'}`) to make them again.")
     training = _training_entries(record, folder)
-    kept = (aug.get("filter") or {}).get("kept")  # a filtered plan: which of the images made trained
+    from automl.augment.generate import trained_indices
+
     picks, counts, notes = [], {}, []
-    for name, planned_n in planned.items():
+    for name in planned:
         label = record.classes.index(name)
-        indices = list(range(planned_n))
-        if isinstance(kept, dict) and isinstance(kept.get(name), list):
-            indices = [k for k in kept[name] if isinstance(k, int) and not isinstance(k, bool) and k >= 0]
+        indices = trained_indices(aug, name)  # a filtered plan: the images made that trained
         synthetic, skipped = _synthetic_images(root, label, indices, per_class, seed)
         if skipped:
             notes.append(f"class {name}: {skipped} synthetic image(s) in {root / str(label)} are missing or changed "

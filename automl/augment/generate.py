@@ -201,6 +201,15 @@ def _filter(spec: AugmentSpec, items: list[Item], sources: list[tuple], records:
     }
 
 
+def trained_indices(record: dict, name: str) -> list[int]:
+    """The image numbers of class ``name`` that trained, read from a run's augmentation ``record``: a
+    filter's ``kept`` (image numbers, checked), else the first ``synthetic_per_class`` ones."""
+    kept = (record.get("filter") or {}).get("kept")
+    if isinstance(kept, dict) and isinstance(kept.get(name), list):
+        return [k for k in kept[name] if isinstance(k, int) and not isinstance(k, bool) and k >= 0]
+    return list(range(int((record.get("synthetic_per_class") or {}).get(name, 0))))
+
+
 def kept_indices(items: Sequence[Item], classes: Sequence[str]) -> dict[str, list[int]]:
     """Per class, the image numbers (``NNNNNN.png``) of the synthetic ``items``: which of a filtered
     plan's images trained, for the report."""

@@ -244,8 +244,9 @@ def synthetic_samples(record: RunRecord, per_class: int = 4) -> tuple[dict[str, 
     """Per augmented class, the first ``per_class`` synthetic images' records (``file`` made absolute,
     ``sources``: the real images each was made from) that trained (a filter's ``kept``), read from the
     generated-images folder."""
+    from automl.augment.generate import trained_indices
+
     aug = record.augment or {}
-    kept = (aug.get("filter") or {}).get("kept")
     root = Path(aug.get("folder", ""))
     if not aug.get("folder") or not root.is_dir():
         return {}, f"the synthetic images' folder {root} is not there any more; the grid is left out."
@@ -255,7 +256,7 @@ def synthetic_samples(record: RunRecord, per_class: int = 4) -> tuple[dict[str, 
             continue
         label = record.classes.index(name)
         samples = []
-        for k in (kept.get(name, []) if kept is not None else range(int(count)))[:per_class]:
+        for k in trained_indices(aug, name)[:per_class]:
             path = root / str(label) / f"{k:06d}.json"
             try:
                 rec = json.loads(path.read_text())
