@@ -303,3 +303,14 @@ def test_cli_lists_it_and_refuses_a_missing_folder_before_any_work(tmp_path, cap
                            "-e", "inception-v3", "--weights", "none", "--store", tmp_path / "store", *FAST)
     assert code == 2 and "nowhere (parameter 'path') does not exist" in err
     assert not (tmp_path / "store" / "runs").exists() or not any((tmp_path / "store" / "runs").iterdir())
+
+
+def test_in_a_recipe_file_the_folder_follows_the_recipes_folder(tmp_path, monkeypatch):
+    from automl.recipe import parse_recipe
+
+    folder = synthetic_folder(tmp_path / "recipes" / "syn", {"small": 4})
+    monkeypatch.chdir(tmp_path)  # elsewhere than the recipe's folder
+    text = "data: data\naugment:\n  - {type: folder, params: {path: syn, sources: syn/map.csv}}\n"
+    spec, = parse_recipe(text, base_dir=tmp_path / "recipes").augment
+    assert spec.params["path"] == str(folder) and spec.params["sources"] == str(folder / "map.csv")
+    assert parse_recipe(text).augment[0].params["path"] == "syn"  # flags and requests: as given

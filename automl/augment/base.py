@@ -70,6 +70,8 @@ class Augmenter:
     # the cache keys (``key_params``, ``fit_signature``), so images and generators made before they
     # existed keep their keys and are reused.
     later_params: ClassVar[tuple[str, ...]] = ()
+    # Parameters that name files or folders: in a recipe file, relative ones follow the recipe's folder.
+    path_params: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, **params: Any):
         unknown = sorted(set(params) - set(self.defaults))

@@ -88,6 +88,7 @@ class DCGAN(Augmenter):
         "output_size": [Options((0,)), Interval(int, 8, 4096)],
         "pretrain_epochs": [Interval(int, 1, closed="left")],
     }
+    path_params = ("pretrain_data",)
     fit_params = ("size", "epochs", "batch_size", "width", "lr", "beta1", "pretrain_data", "pretrain_epochs", "sampler")
     later_params = ("pretrain_data", "pretrain_epochs", "sampler")  # stores made before them keep their keys
 

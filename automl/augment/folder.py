@@ -84,6 +84,7 @@ class Folder(Augmenter):
     name = "folder"
     summary = ("synthetic images made elsewhere, from class folders (path=DIR); sources from a CSV or the nearest "
                "real image")
+    path_params = ("path", "sources")
     defaults: dict[str, Any] = {
         "path": "",  # DIR: one folder of images per class (required)
         "sources": "",  # a CSV of file,source rows; "": DIR/sources.csv when there, else the nearest real image

@@ -129,6 +129,7 @@ class PGGAN(Augmenter):
         "output_size": [Options((0,)), Interval(int, 8, 4096)],
         "finetune_images": [Interval(int, 0, closed="left")],
     }
+    path_params = ("pretrain_data",)
     fit_params = ("max_size", "images_per_phase", "batch_size", "width", "lr", "gp_weight", "drift", "conditional",
                   "pretrain_data", "finetune_images", "sampler")
 

@@ -20,11 +20,12 @@ they can be tested exhaustively.
 from __future__ import annotations
 
 import math
+import os
 from collections import Counter
 from typing import Any, Literal, Optional, Sequence, Union
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from automl import seeds
 from automl.augment.filters import FilterSpec
@@ -54,6 +55,26 @@ class AugmentSpec(BaseModel):
     filter: Optional[FilterSpec] = Field(None, description=(
         "Which synthetic images train: {drop_copies, selective, control, pool, extractor} (automl.augment.filters)."))
     label: Optional[str] = Field(None, min_length=1, description="Name shown in tables (default: from the rest).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _relative_paths(cls, data: Any, info: ValidationInfo) -> Any:
+        """In a recipe file, an augmenter's path parameters (``path_params``) follow the file's folder,
+        as ``data`` does; from flags or a request they stay as given."""
+        base = (info.context or {}).get("base_dir")
+        if base is None or not isinstance(data, dict) or not isinstance(data.get("params"), dict):
+            return data
+        from automl.augment import AUGMENTERS
+
+        key = canonical(str(data.get("type", "")))
+        if key not in AUGMENTERS:
+            return data  # the type's own check names it
+        params = dict(data["params"])
+        for name in AUGMENTERS.get(key).path_params:
+            value = params.get(name)
+            if isinstance(value, str) and value and not os.path.isabs(os.path.expanduser(value)):
+                params[name] = os.path.normpath(os.path.join(os.path.abspath(base), value))
+        return {**data, "params": params}
 
     @field_validator("type")
     @classmethod
