@@ -163,6 +163,8 @@ def quality(recipe, *, progress: bool = True) -> list[dict]:
     extractors = Extractors.of(recipe, store)
     for spec in variants:  # a bad plan or a missing package fails before any work
         preflight(train, dataset.classes, spec, generated_dir=store.generated_dir, seed=recipe.seed)
+        if spec.filter is not None and spec.filter.selective is not None:
+            _selective_extractor(spec.filter, extractors)
     out = []
     for spec in variants:
         with events.stage("generating"):

@@ -16,6 +16,7 @@ Measured, in one process:
   test embedded with its extractor, evaluated once), next to the MedMNIST v2 rows.
 
     .venv/bin/python bench/bench_search.py            # 3 extractors at 299 px, 50 trials x 3 sampler seeds
+    .venv/bin/python bench/bench_search.py --budget 0.5  # each seed searches for half the grid's time
     .venv/bin/python bench/bench_search.py --quick    # 1 extractor at 75 px, 15 trials, 1 seed
     .venv/bin/python bench/bench_search.py --labels-check  # svc-rbf: decision-value vs calibrated CV scores only
 """
@@ -72,6 +73,9 @@ def main() -> None:
     ap.add_argument("--image-size", type=int, default=299)
     ap.add_argument("--weights", default="none")
     ap.add_argument("--trials", type=int, default=50)
+    ap.add_argument("--budget", type=float, default=None,
+                    help="instead of --trials: each seed's search runs for this share of GridSearchCV's wall time "
+                         "(0.5: the target itself), as many trials as start in it")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--cv", type=int, default=5)
     ap.add_argument("--metric", default="macro-f1")
@@ -89,8 +93,9 @@ def main() -> None:
     names = args.extractors.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]
     print(f"command : {' '.join([Path(sys.executable).name] + sys.argv)}")
+    budget = f"{args.budget:g} x GridSearchCV's time" if args.budget else f"{args.trials} trials"
     print(f"settings: {args.data}; {names} at {args.image_size} px, weights {args.weights}; {args.metric}, "
-          f"{args.cv}-fold; ours {args.trials} trials x seeds {seeds}")
+          f"{args.cv}-fold; ours {budget} x seeds {seeds}")
 
     recipe = Recipe.from_flags(data=args.data, extractors=names, weights=args.weights, image_size=args.image_size,
                                store=args.store, cv=args.cv, metric=args.metric, seed=seeds[0])
@@ -142,7 +147,8 @@ def main() -> None:
             # Other seeds change the sampler and the heads' seeds, never the folds the grid used.
             study = run_search(features, y, heads=list(grid), metric=args.metric, cv=args.cv, seed=seed,
                                cv_seed=seeds[0], storage=f"sqlite:///{tmp}/s.db", name="bench",
-                               n_trials=args.trials, timeout=None, progress=False)
+                               n_trials=None if args.budget else args.trials,
+                               timeout=args.budget * grid_time if args.budget else None, progress=False)
             wall = time.perf_counter() - t0
             trials = sorted((t for t in study.trials if t.datetime_complete), key=lambda t: t.datetime_complete)
             start = min(t.datetime_start for t in trials)
