@@ -165,7 +165,6 @@ class PGGAN(Augmenter):
             seed: int, progress: bool = True) -> None:
         import torch
 
-
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         p = self.params
         for label in chosen:
@@ -348,7 +347,6 @@ class PGGAN(Augmenter):
 
     def generate(self, label: int, indices: Sequence[int], sources: Sequence, seed: int) -> list[np.ndarray]:
         import torch
-
 
         sampling = None if self.params["conditional"] else self.samplings_.get(label)
         keys = [label] if sampling is None else [label if g.cluster is None else (label, g.cluster)
@@ -715,7 +713,6 @@ class _Pretrain:
         """The pretrained ``generator`` (moving average), ``train_generator`` and ``discriminator`` state
         dicts, and the moving average's ``digest``."""
         if self._networks is None:
-
             saved = _finished(self.folder, self.config, device, whole=True)
             if saved is None:
                 if self.folder.is_dir():
