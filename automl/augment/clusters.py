@@ -28,8 +28,8 @@ How an augmenter uses it (dcgan, pggan, sd-dreambooth, sd-lora and sd-textual-in
                   for group in self.samplings_[c].groups:   # one (the class) unless sampler is cluster
                       train a generator on group.items, saved under a name with group.tag
                   write_summary(work_dir, classes, self.samplings_)
-    generate():   for group, positions in self.samplings_[label].split(indices):
-                      images for indices[i], i in positions, from group's generator
+    generate():   return self.samplings_[label].gather(indices, lambda unit, ks: images of ks from the
+                                                          generator kept under unit)
     provenance(): return self.samplings_[label].provenance(indices)     # None unless clustering
 
 Only scikit-learn's k-means is used unless the spec asks for faiss (``kmeans=faiss``): switching on
@@ -45,7 +45,7 @@ import warnings
 from dataclasses import asdict, dataclass, fields
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -409,6 +409,26 @@ class Grouping:
         for i, k in enumerate(indices):
             out.setdefault(self._position(k), []).append(i)
         return [(self.groups[j], positions) for j, positions in out.items()]
+
+    def unit(self, group: Group):
+        """The key an augmenter keeps ``group``'s generator under: the class's label, or (label, cluster id)."""
+        return self.label if group.cluster is None else (self.label, group.cluster)
+
+    def units(self) -> list:
+        return [self.unit(g) for g in self.groups]
+
+    def gather(self, indices: Sequence[int], make: Callable, first: Callable | None = None) -> list:
+        """One output per index of ``indices``, made group by group: ``make(unit, the group's indices)``
+        returns their outputs in order; ``first(unit)`` true puts that group first (its generator is
+        the one already loaded)."""
+        out: list = [None] * len(indices)
+        parts = self.split(indices)
+        if first is not None:
+            parts.sort(key=lambda part: not first(self.unit(part[0])))
+        for group, positions in parts:
+            for i, made in zip(positions, make(self.unit(group), [indices[i] for i in positions])):
+                out[i] = made
+        return out
 
     def provenance(self, indices: Sequence[int]) -> list[dict] | None:
         """Per index, the cluster it came from (``Augmenter.provenance``); None when not clustering.

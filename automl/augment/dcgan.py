@@ -315,21 +315,20 @@ class DCGAN(Augmenter):
         import torch
 
         sampling = self.samplings_.get(label)
-        keys = [] if sampling is None else [label if g.cluster is None else (label, g.cluster) for g in sampling.groups]
+        keys = [] if sampling is None else sampling.units()
         if not keys or any(key not in self.generators_ for key in keys):
             raise RuntimeError(f"augmenter {self.name!r} has no generator for class {label}; call fit with that "
                                "class among the chosen ones first")
         side = self.output_sides_[label]
-        out: list = [None] * len(indices)
+
+        def make(unit, chosen: list[int]) -> list[np.ndarray]:  # image k's DCGAN: its cluster's, or the class's
+            generator = self.generators_[unit]
+            device = next(generator.parameters()).device
+            # One image per forward pass: a batch-size-dependent kernel choice could change the last bit.
+            return [_resize(_to_uint8(generator(_latents(seed, label, [k]).to(device)))[0], side) for k in chosen]
+
         with torch.no_grad():
-            for group, positions in sampling.split(indices):  # image k's DCGAN: its cluster's, or the class's
-                generator = self.generators_[label if group.cluster is None else (label, group.cluster)]
-                device = next(generator.parameters()).device
-                for i in positions:
-                    # One image per forward pass: a batch-size-dependent kernel choice could change the last bit.
-                    z = _latents(seed, label, [indices[i]]).to(device)
-                    out[i] = _resize(_to_uint8(generator(z))[0], side)
-        return out
+            return sampling.gather(indices, make)
 
     def provenance(self, label: int, indices: Sequence[int]) -> list[dict] | None:
         return self.samplings_[label].provenance(indices)  # the cluster of each image under sampler: cluster

@@ -349,23 +349,21 @@ class PGGAN(Augmenter):
         import torch
 
         sampling = None if self.params["conditional"] else self.samplings_.get(label)
-        keys = [label] if sampling is None else [label if g.cluster is None else (label, g.cluster)
-                                                 for g in sampling.groups]
+        keys = [label] if sampling is None else sampling.units()
         if any(key not in self.generators_ for key in keys):
             raise RuntimeError(f"augmenter {self.name!r} has no generator for class {label}; call fit with that "
                                "class among the chosen ones first")
-        parts = [(None, list(range(len(indices))))] if sampling is None else sampling.split(indices)
-        out: list = [None] * len(indices)
+
+        def make(unit, chosen: list[int]) -> list[np.ndarray]:  # image k's network: its cluster's, or the class's
+            generator = self.generators_[unit]
+            device = next(generator.parameters()).device
+            labels = torch.tensor([label], device=device) if self.params["conditional"] else None
+            # One image per pass: image k must not depend on its batch.
+            return [_resize(_to_uint8(generator(_latents(seed, label, [k], generator.latent).to(device), labels))[0],
+                            self.output_sides_[label]) for k in chosen]
+
         with torch.no_grad():
-            for group, positions in parts:  # image k's network: its cluster's, or the class's
-                whole = group is None or group.cluster is None
-                generator = self.generators_[label if whole else (label, group.cluster)]
-                device = next(generator.parameters()).device
-                labels = torch.tensor([label], device=device) if self.params["conditional"] else None
-                for i in positions:  # one image per pass: image k must not depend on its batch
-                    z = _latents(seed, label, [indices[i]], generator.latent).to(device)
-                    out[i] = _resize(_to_uint8(generator(z, labels))[0], self.output_sides_[label])
-        return out
+            return make(label, list(indices)) if sampling is None else sampling.gather(indices, make)
 
     def provenance(self, label: int, indices: Sequence[int]) -> list[dict] | None:
         sampling = self.samplings_.get(label)

@@ -219,22 +219,19 @@ class SDDreamBooth(SDAugmenter):
         p = self.params
         prompt = fill(p["prompt"] or p["instance_prompt"], token=self.token(label),
                       **{"class": class_noun(self.classes_[label])})
-        out: list = [None] * len(indices)
-        # Image k's fine-tune: its cluster's, or the class's.
-        parts = [(self.models_[label] if part.cluster is None else self.models_[label, part.cluster], positions)
-                 for part, positions in self.samplings_[label].split(indices)]
-        parts.sort(key=lambda part: self.gen_ is None or part[0] != self.gen_[0])  # the loaded fine-tune first
-        for model, positions in parts:
+
+        def make(unit, chosen: list[int]) -> list[np.ndarray]:  # image k's fine-tune: its cluster's, or the class's
+            model = self.models_[unit]
             if self.gen_ is None or self.gen_[0] != model:
                 self.gen_ = None
                 release()
                 warn_cpu(self.device_, f"{self.name} generation")
                 self.gen_ = (model, self.pipeline(model))
-            images = generate_images(self, self.gen_[1], prompt, label, [indices[i] for i in positions], seed,
-                                     height=p["resolution"], width=p["resolution"])
-            for i, image in zip(positions, images):
-                out[i] = image
-        return out
+            return generate_images(self, self.gen_[1], prompt, label, chosen, seed, height=p["resolution"],
+                                   width=p["resolution"])
+
+        loaded = (lambda unit: self.gen_ is not None and self.models_[unit] == self.gen_[0])  # the loaded one first
+        return self.samplings_[label].gather(indices, make, first=loaded)
 
     def provenance(self, label: int, indices: Sequence[int]) -> list[dict] | None:
         return self.samplings_[label].provenance(indices)  # the cluster of each image under sampler: cluster

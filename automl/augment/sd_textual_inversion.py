@@ -174,14 +174,12 @@ class SDTextualInversion(SDAugmenter):
     def generate(self, label: int, indices: Sequence[int], sources: Sequence, seed: int) -> list[np.ndarray]:
         p = self.params
         prompt = fill(p["prompt"], token=self.token(label), **{"class": class_noun(self.classes_[label])})
-        out: list = [None] * len(indices)
-        for part, positions in self.samplings_[label].split(indices):  # image k's vector: its cluster's or the class's
-            pipe = self._pipe_with(label, self.embeds_[label if part.cluster is None else (label, part.cluster)])
-            images = generate_images(self, pipe, prompt, label, [indices[i] for i in positions], seed,
-                                     height=p["resolution"], width=p["resolution"])
-            for i, image in zip(positions, images):
-                out[i] = image
-        return out
+
+        def make(unit, chosen: list[int]) -> list[np.ndarray]:  # image k's vector: its cluster's or the class's
+            return generate_images(self, self._pipe_with(label, self.embeds_[unit]), prompt, label, chosen, seed,
+                                   height=p["resolution"], width=p["resolution"])
+
+        return self.samplings_[label].gather(indices, make)
 
     def provenance(self, label: int, indices: Sequence[int]) -> list[dict] | None:
         return self.samplings_[label].provenance(indices)  # the cluster of each image under sampler: cluster
