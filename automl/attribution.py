@@ -789,17 +789,14 @@ def _grid_items(record, folder: Path, per_class: int) -> list[tuple]:
     """Per augmented class: up to ``per_class`` synthetic images of the run's augmentation (the first
     ones that trained) and as many real training images — the synthetic ones' sources first, where the
     augmenter used one, then training images spread over the class."""
-    from automl.augment.generate import trained_indices
+    from automl.augment.generate import generated_folder, trained_indices
     from automl.data import load_images
 
     aug = record.augment
     if not aug:
         raise ConfigError(f"--synthetic: run {record.id} is not augmented (it was fitted on real images only); "
                           "give an augmented run (`automl runs` shows them), or leave --synthetic out.")
-    root = Path(aug.get("folder") or "")
-    if not aug.get("folder") or not root.is_dir():
-        raise StoreError(f"--synthetic: the synthetic images of run {record.id} were in {root}, which is not there any "
-                         f"more; fit the run again (`automl run {folder / 'recipe.yaml'}`) to make them again.")
+    root = generated_folder(aug, record.id, folder, prefix="--synthetic: ")
     training = _training_images(record, folder)
     out = []
     for name, count in (aug.get("synthetic_per_class") or {}).items():

@@ -152,13 +152,10 @@ def _pick(record, folder: Path, per_class: int, seed: int) -> tuple[list[dict], 
         raise ConfigError(f"run {record.id} has no synthetic images (it was fitted on real images only), so there is "
                           "nothing to review; fit with --augment NAME (e.g. `automl fit DATA --augment conventional`), "
                           "then make the sheet from the augmented run (`automl runs` lists it).")
-    root = Path(aug.get("folder") or "")
-    if not aug.get("folder") or not root.is_dir():
-        raise StoreError(f"the synthetic images of run {record.id} were in {root}, which is not there any more; fit "
-                         f"the run again (`automl run {folder / 'recipe.yaml'}`) to make them again.")
-    training = _training_entries(record, folder)
-    from automl.augment.generate import trained_indices
+    from automl.augment.generate import generated_folder, trained_indices
 
+    root = generated_folder(aug, record.id, folder)
+    training = _training_entries(record, folder)
     picks, counts, notes = [], {}, []
     for name in planned:
         label = record.classes.index(name)

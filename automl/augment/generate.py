@@ -32,7 +32,7 @@ from automl._files import atomic_write, write_json
 from automl.augment.base import Augmenter, build_augmenter
 from automl.augment.plan import AugmentSpec, plan_counts, reduce_real
 from automl.data import Item, fingerprint_array, fingerprint_bytes
-from automl.errors import DataError
+from automl.errors import DataError, StoreError
 
 CHUNK = 8  # images per generate() call: the most a killed run loses per class
 # Part of every generated-image and generator key: bumped whenever the same key would make other images.
@@ -199,6 +199,16 @@ def _filter(spec: AugmentSpec, items: list[Item], sources: list[tuple], records:
         "candidates_per_class": {classes[c]: candidates[c] for c in planned},
         "kept": kept_indices([items[i] for i in keep], classes),
     }
+
+
+def generated_folder(record: dict, run_id: str, run_dir: Path, prefix: str = "") -> Path:
+    """The generated-images folder a run's augmentation ``record`` names; ``StoreError`` (its message
+    led by ``prefix``) when it is gone, with how to make the images again."""
+    root = Path(record.get("folder") or "")
+    if not record.get("folder") or not root.is_dir():
+        raise StoreError(f"{prefix}the synthetic images of run {run_id} were in {root}, which is not there any more; "
+                         f"fit the run again (`automl run {Path(run_dir) / 'recipe.yaml'}`) to make them again.")
+    return root
 
 
 def trained_indices(record: dict, name: str) -> list[int]:
